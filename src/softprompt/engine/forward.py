@@ -1,0 +1,101 @@
+"""Batched forward after a prefix, and the loss computed only where a label is."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+
+from softprompt.engine.prefix import PrefixKV, build_prefix
+
+IGNORE_INDEX = -100
+
+
+def positions_after(attention_mask: torch.Tensor, offset: int) -> torch.Tensor:
+    """Position ids that padding never moves: each row's first real token sits at ``offset``.
+
+    ``attention_mask`` is (B, T) with 0 on padding (left or right); returns (B, T) long.
+    """
+    return offset + (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def decoder_hidden(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prefix: PrefixKV | None = None,
+    return_cache: bool = False,
+):
+    """Final hidden states (B, T, d) of ``input_ids`` (B, T) after an optional shared prefix.
+
+    With a prefix of length L the rows attend to its expanded K/V, the mask gets L ones in front
+    and positions start at L. With ``return_cache`` the filled cache is returned too.
+    """
+    B = input_ids.shape[0]
+    if prefix is None:
+        cache, full_mask, offset = None, attention_mask, 0
+    else:
+        offset = prefix.length
+        cache = prefix.expand(B, model.config)
+        ones = torch.ones(B, offset, dtype=attention_mask.dtype, device=attention_mask.device)
+        full_mask = torch.cat([ones, attention_mask], dim=1)  # (B, L + T)
+    out = model.get_decoder()(
+        input_ids=input_ids,
+        attention_mask=full_mask,
+        position_ids=positions_after(attention_mask, offset),
+        past_key_values=cache,
+        use_cache=cache is not None or return_cache,
+    )
+    if return_cache:
+        return out.last_hidden_state, out.past_key_values
+    return out.last_hidden_state
+
+
+def labelled_loss(model: PreTrainedModel, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy over labelled positions, and how many there are.
+
+    ``hidden`` (B, T, d) predicts ``labels`` (B, T) shifted by one; the LM head runs only on
+    the N positions whose next label is not -100.
+    """
+    targets = labels[:, 1:]  # (B, T-1)
+    selected = targets != IGNORE_INDEX
+    h = hidden[:, :-1][selected]  # (N, d)
+    logits = model.get_output_embeddings()(h).float()  # (N, V)
+    loss_sum = F.cross_entropy(logits, targets[selected], reduction="sum")
+    return loss_sum, int(selected.sum())
+
+
+def prefix_of(base: PreTrainedModel, adapter) -> PrefixKV | None:
+    """The prefix KV an adapter puts in front of every row (None for weight-only methods).
+
+    Prompt methods give ``prompt_embeds()`` (L, d): one batch-1 pass of the frozen model.
+    """
+    if adapter is None:
+        return None
+    if hasattr(adapter, "prompt_embeds"):
+        return build_prefix(base, adapter.prompt_embeds())
+    if hasattr(adapter, "prefix_kv"):
+        return adapter.prefix_kv()
+    return None
+
+
+class AdaptedLM(nn.Module):
+    """A frozen base model plus a trainable adapter; the module the training loop optimizes.
+
+    ``forward`` builds the prefix once for the batch (with grad), runs the rows after it and
+    returns ``(loss_sum, n_labelled_tokens)`` so gradient accumulation can normalise by the
+    tokens of the whole accumulation window.
+    """
+
+    def __init__(self, base: PreTrainedModel, adapter: nn.Module | None):
+        super().__init__()
+        self.base = base
+        self.adapter = adapter
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, int]:
+        prefix = prefix_of(self.base, self.adapter)
+        hidden = decoder_hidden(self.base, input_ids, attention_mask, prefix)  # (B, T, d)
+        return labelled_loss(self.base, hidden, labels)

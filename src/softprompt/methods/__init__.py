@@ -1,0 +1,41 @@
+"""Training methods, one file each, registered in ``METHODS`` by their ``finetuning_type``.
+
+A method's module is an ``nn.Module`` holding only the trainable parameters; it satisfies
+:class:`Adapter`. Prompt methods expose ``prompt_embeds()``; the engine turns that into a prefix KV.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any, Protocol
+
+import torch
+from transformers import PreTrainedModel
+
+from softprompt.methods import prompt_tuning
+
+
+class Adapter(Protocol):
+    peft_type: str
+
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        """The tensors to save, with PEFT's key names."""
+
+    def adapter_config(self, base_model_name_or_path: str, base: PreTrainedModel) -> dict[str, Any]:
+        """PEFT's adapter_config.json for this adapter."""
+
+
+METHODS: dict[str, ModuleType] = {"prompt_tuning": prompt_tuning}
+BY_PEFT_TYPE: dict[str, type] = {prompt_tuning.PEFT_TYPE: prompt_tuning.PromptTuning}
+
+
+def adapter_from_checkpoint(config: dict[str, Any], state: dict[str, torch.Tensor], where: str):
+    """Rebuild the adapter module a checkpoint holds (any supported ``peft_type``)."""
+    peft_type = str(config.get("peft_type", ""))
+    if peft_type not in BY_PEFT_TYPE:
+        raise ValueError(
+            f"{where}: peft_type {peft_type!r} is not supported yet (supported: {', '.join(BY_PEFT_TYPE)})"
+        )
+    if config.get("task_type") not in (None, "CAUSAL_LM"):
+        raise ValueError(f"{where}: task_type {config.get('task_type')!r}; softprompt serves CAUSAL_LM adapters")
+    return BY_PEFT_TYPE[peft_type].from_checkpoint(config, state, where)

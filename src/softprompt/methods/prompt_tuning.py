@@ -1,0 +1,128 @@
+"""Prompt tuning (Lester et al., 2021): a trainable ``(L, d)`` matrix of virtual-token embeddings.
+
+Saved exactly as PEFT's ``PROMPT_TUNING`` adapter: key ``prompt_embeddings`` and PEFT's config
+fields, so ``peft.PeftModel.from_pretrained(base, folder)`` loads it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from softprompt.config import ArgumentError, MethodArgs
+
+PEFT_TYPE = "PROMPT_TUNING"
+STATE_KEY = "prompt_embeddings"
+DEFAULT_LENGTH = 20
+
+
+class PromptTuning(nn.Module):
+    """The soft prompt. ``prompt_embeds()`` is ``(num_virtual_tokens, token_dim)``."""
+
+    peft_type = PEFT_TYPE
+
+    def __init__(self, num_virtual_tokens: int, token_dim: int, init: str = "random"):
+        super().__init__()
+        self.embedding = nn.Embedding(num_virtual_tokens, token_dim)  # PEFT's attribute name
+        self.init = init
+
+    @property
+    def num_virtual_tokens(self) -> int:
+        return self.embedding.weight.shape[0]
+
+    def prompt_embeds(self) -> torch.Tensor:
+        return self.embedding.weight
+
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        return {STATE_KEY: self.embedding.weight.detach().float().cpu().contiguous()}
+
+    def adapter_config(self, base_model_name_or_path: str, base: PreTrainedModel) -> dict[str, Any]:
+        """PEFT's ``PromptTuningConfig`` fields. The init is recorded as RANDOM on PEFT's side
+        (it only matters when PEFT creates a prompt, and TEXT would make PEFT fetch a tokenizer);
+        softprompt records its own init in the safetensors metadata."""
+        cfg = base.config.get_text_config()
+        return {
+            "peft_type": PEFT_TYPE,
+            "task_type": "CAUSAL_LM",
+            "base_model_name_or_path": base_model_name_or_path,
+            "num_virtual_tokens": self.num_virtual_tokens,
+            "token_dim": self.embedding.weight.shape[1],
+            "num_transformer_submodules": 1,
+            "num_attention_heads": cfg.num_attention_heads,
+            "num_layers": cfg.num_hidden_layers,
+            "prompt_tuning_init": "RANDOM",
+            "prompt_tuning_init_text": None,
+            "tokenizer_name_or_path": None,
+            "tokenizer_kwargs": None,
+            "inference_mode": True,
+            "auto_mapping": None,
+            "modules_to_save": None,
+            "revision": None,
+        }
+
+    @classmethod
+    def from_checkpoint(cls, config: dict[str, Any], state: dict[str, torch.Tensor], where: str) -> PromptTuning:
+        if STATE_KEY not in state:
+            raise ValueError(f"{where}: no '{STATE_KEY}' tensor in adapter_model.safetensors")
+        weight = state[STATE_KEY]
+        n = int(config.get("num_virtual_tokens", weight.shape[0]))
+        if int(config.get("num_transformer_submodules") or 1) != 1:
+            raise ValueError(f"{where}: num_transformer_submodules must be 1 for a causal LM")
+        if weight.ndim != 2 or weight.shape[0] != n:
+            raise ValueError(f"{where}: '{STATE_KEY}' has shape {tuple(weight.shape)}, expected ({n}, token_dim)")
+        module = cls(n, weight.shape[1])
+        with torch.no_grad():
+            module.embedding.weight.copy_(weight)
+        return module
+
+
+def initial_prompt(
+    args: MethodArgs, embeddings: torch.Tensor, tokenizer: PreTrainedTokenizerBase, generator: torch.Generator
+) -> torch.Tensor:
+    """The starting prompt, ``(L, d)``, from the vocabulary ``embeddings`` (V, d)."""
+    init = args.prompt_tuning_init
+    text_ids = None
+    if init == "text":
+        text_ids = tokenizer(args.prompt_tuning_init_text, add_special_tokens=False)["input_ids"]
+        if not text_ids:
+            raise ArgumentError("--prompt_tuning_init_text tokenizes to nothing; give some text")
+    L = args.num_virtual_tokens or (len(text_ids) if text_ids else DEFAULT_LENGTH)
+    V, d = embeddings.shape
+    emb = embeddings.detach().float()
+    if init == "random":  # normal, scaled to the vocabulary embeddings' statistics
+        return torch.randn(L, d, generator=generator) * emb.std() + emb.mean()
+    if init == "sample_vocab":
+        return emb[torch.randint(0, V, (L,), generator=generator)].clone()
+    if init == "text":
+        ids = (text_ids * (L // len(text_ids) + 1))[:L]  # tiled or cut to length
+        return emb[torch.tensor(ids)].clone()
+    return _init_from_hook(init, L, emb, tokenizer)
+
+
+def _init_from_hook(spec: str, L: int, emb: torch.Tensor, tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
+    module_name, _, fn_name = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), fn_name)
+    except (ImportError, AttributeError) as exc:
+        raise ArgumentError(f"--prompt_tuning_init {spec}: cannot load it ({exc})") from None
+    out = torch.as_tensor(fn(L, emb, tokenizer), dtype=torch.float32)
+    if tuple(out.shape) != (L, emb.shape[1]):
+        raise ArgumentError(
+            f"--prompt_tuning_init {spec}: returned shape {tuple(out.shape)}, expected ({L}, {emb.shape[1]})"
+        )
+    return out
+
+
+def create(
+    base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, args: MethodArgs, generator: torch.Generator
+) -> PromptTuning:
+    """A new soft prompt for ``base``, initialised as ``args`` says."""
+    weight = initial_prompt(args, base.get_input_embeddings().weight, tokenizer, generator)
+    module = PromptTuning(weight.shape[0], weight.shape[1], init=args.prompt_tuning_init)
+    with torch.no_grad():
+        module.embedding.weight.copy_(weight)
+    return module

