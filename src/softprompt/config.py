@@ -148,7 +148,7 @@ class TrainArgs:
     save_total_limit: int | None = None
     """Keep at most this many checkpoint-N folders (oldest removed first)."""
     eval_steps: int | None = None
-    """Validation loss every this many updates (default: logging_steps x 10; always at the end)."""
+    """Validation loss every this many updates when val_size > 0 (default: only at the end)."""
     seed: int = 42
     """Random seed for initialisation, shuffling and the validation split."""
     fp16: bool = False
@@ -328,3 +328,25 @@ def as_dict(*objs: Any) -> dict[str, Any]:
     for obj in objs:
         out.update(dataclasses.asdict(obj))
     return out
+
+
+@dataclass
+class PredictArgs:
+    output_dir: str = "output/predict"
+    """Where generated_predictions.jsonl is written."""
+    per_device_eval_batch_size: int = 8
+    """Prompts generated together in one batch."""
+
+    def __post_init__(self) -> None:
+        if self.per_device_eval_batch_size < 1:
+            raise ArgumentError(f"--per_device_eval_batch_size must be at least 1, got {self.per_device_eval_batch_size}")
+
+
+@dataclass
+class ChatArgs:
+    query: str | None = None
+    """Answer this one message and exit (default: an interactive chat)."""
+    system: str | None = None
+    """System message (default: the template's own)."""
+    template: str | None = None
+    """Chat template: unset uses the tokenizer's own; or 'default', 'alpaca', 'empty', or a .jinja file."""

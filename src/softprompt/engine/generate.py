@@ -7,20 +7,9 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from softprompt.data.collate import left_pad
 from softprompt.engine.forward import positions_after
 from softprompt.engine.prefix import PrefixKV
-
-
-def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token lists into ``input_ids`` (B, T) and ``attention_mask`` (B, T)."""
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros((len(seqs), T), dtype=torch.long, device=device)
-    for i, s in enumerate(seqs):
-        if len(s):
-            ids[i, T - len(s):] = torch.tensor(list(s), dtype=torch.long, device=device)
-            mask[i, T - len(s):] = 1
-    return ids, mask
 
 
 def pick_next(
@@ -66,7 +55,7 @@ def generate(
     """
     device = next(model.parameters()).device
     decoder, head = model.get_decoder(), model.get_output_embeddings()
-    ids, mask = left_pad(prompts, pad_token_id, device)  # (B, T)
+    ids, mask = (t.to(device) for t in left_pad(prompts, pad_token_id))  # (B, T)
     B = ids.shape[0]
     L = prefix.length if prefix is not None else 0
     cache = prefix.expand(B, model.config) if prefix is not None else DynamicCache(config=model.config)

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import torch
 from transformers import PreTrainedModel
 
+from softprompt.checkpoint import CheckpointError
 from softprompt.methods import prompt_tuning
 
 
@@ -33,9 +34,9 @@ def adapter_from_checkpoint(config: dict[str, Any], state: dict[str, torch.Tenso
     """Rebuild the adapter module a checkpoint holds (any supported ``peft_type``)."""
     peft_type = str(config.get("peft_type", ""))
     if peft_type not in BY_PEFT_TYPE:
-        raise ValueError(
+        raise CheckpointError(
             f"{where}: peft_type {peft_type!r} is not supported yet (supported: {', '.join(BY_PEFT_TYPE)})"
         )
     if config.get("task_type") not in (None, "CAUSAL_LM"):
-        raise ValueError(f"{where}: task_type {config.get('task_type')!r}; softprompt serves CAUSAL_LM adapters")
+        raise CheckpointError(f"{where}: task_type {config.get('task_type')!r}; softprompt serves CAUSAL_LM adapters")
     return BY_PEFT_TYPE[peft_type].from_checkpoint(config, state, where)

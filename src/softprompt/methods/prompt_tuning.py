@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from softprompt.checkpoint import CheckpointError
 from softprompt.config import ArgumentError, MethodArgs
 
 PEFT_TYPE = "PROMPT_TUNING"
@@ -67,13 +68,13 @@ class PromptTuning(nn.Module):
     @classmethod
     def from_checkpoint(cls, config: dict[str, Any], state: dict[str, torch.Tensor], where: str) -> PromptTuning:
         if STATE_KEY not in state:
-            raise ValueError(f"{where}: no '{STATE_KEY}' tensor in adapter_model.safetensors")
+            raise CheckpointError(f"{where}: no '{STATE_KEY}' tensor in adapter_model.safetensors")
         weight = state[STATE_KEY]
         n = int(config.get("num_virtual_tokens", weight.shape[0]))
         if int(config.get("num_transformer_submodules") or 1) != 1:
-            raise ValueError(f"{where}: num_transformer_submodules must be 1 for a causal LM")
+            raise CheckpointError(f"{where}: num_transformer_submodules must be 1 for a causal LM")
         if weight.ndim != 2 or weight.shape[0] != n:
-            raise ValueError(f"{where}: '{STATE_KEY}' has shape {tuple(weight.shape)}, expected ({n}, token_dim)")
+            raise CheckpointError(f"{where}: '{STATE_KEY}' has shape {tuple(weight.shape)}, expected ({n}, token_dim)")
         module = cls(n, weight.shape[1])
         with torch.no_grad():
             module.embedding.weight.copy_(weight)

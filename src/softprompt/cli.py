@@ -1,0 +1,143 @@
+"""The ``softprompt`` command: subcommand -> function. Parses arguments, prints, exits.
+
+User mistakes (bad arguments, data, missing model or adapter) print one line and exit 2;
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download at run time
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from softprompt.config import (  # noqa: E402
+    ArgumentError, ChatArgs, DataArgs, GenerateArgs, MethodArgs, ModelArgs, PredictArgs, TrainArgs, parse_args,
+)
+
+log = logging.getLogger("softprompt")
+
+USAGE = """usage: softprompt <command> [config.yaml] [--flags]
+
+commands:
+  train     train a soft prompt (or another method) with LLaMA-Factory's arguments
+  chat      talk to a base model with an optional adapter (--query for one answer)
+  predict   answer every example of a dataset, write generated_predictions.jsonl
+
+`softprompt <command> --help` lists the arguments of a command."""
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(format="[softprompt] %(message)s", level=logging.INFO, stream=sys.stderr)
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def cmd_train(argv: list[str]) -> int:
+    (model_args, data_args, method_args, train_args), _ = parse_args(
+        argv, [ModelArgs, DataArgs, MethodArgs, TrainArgs], "softprompt train",
+        "Train an adapter on a frozen causal LM; arguments as in LLaMA-Factory.",
+    )
+    from softprompt.train import train
+
+    result = train(model_args, data_args, method_args, train_args)
+    print(f"saved {result.output_dir} after {result.global_step} steps: train loss {result.train_loss:.4f}"
+          + (f", validation loss {result.eval_loss:.4f}" if result.eval_loss is not None else "")
+          + f" ({result.runtime_s:.0f} s)")
+    return 0
+
+
+def cmd_chat(argv: list[str]) -> int:
+    (model_args, chat_args, gen), _ = parse_args(
+        argv, [ModelArgs, ChatArgs, GenerateArgs], "softprompt chat", "Chat with a base model and an optional adapter."
+    )
+    from softprompt.inference import Predictor
+
+    predictor = Predictor.load(model_args.model_name_or_path, model_args.adapter_name_or_path,
+                               chat_args.template, model_args.cache_dir)
+    if chat_args.query is not None:
+        print(predictor.chat([{"role": "user", "content": chat_args.query}], gen, chat_args.system))
+        return 0
+    history: list[dict] = []
+    print("softprompt chat: type a message; 'clear' forgets the history, 'exit' quits.")
+    while True:
+        try:
+            query = input("\nUser: ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return 0
+        if query == "exit":
+            return 0
+        if query == "clear":
+            history = []
+            continue
+        if not query:
+            continue
+        history.append({"role": "user", "content": query})
+        answer = predictor.chat(history, gen, chat_args.system)
+        print(f"Assistant: {answer}")
+        history.append({"role": "assistant", "content": answer})
+
+
+def cmd_predict(argv: list[str]) -> int:
+    (model_args, data_args, pred_args, gen), _ = parse_args(
+        argv, [ModelArgs, DataArgs, PredictArgs, GenerateArgs], "softprompt predict",
+        "Generate an answer for every example of a dataset (batched, greedy by default).",
+    )
+    from pathlib import Path
+
+    from softprompt.data import load_conversations
+    from softprompt.inference import Predictor
+
+    if data_args.dataset is None:
+        raise ArgumentError("--dataset is required: name(s) from dataset_info.json in --dataset_dir")
+    conversations = load_conversations(data_args, gen.seed)
+    predictor = Predictor.load(model_args.model_name_or_path, model_args.adapter_name_or_path,
+                               data_args.template, model_args.cache_dir)
+    out = Path(pred_args.output_dir) / "generated_predictions.jsonl"
+    rows = predictor.predict(conversations, gen, pred_args.per_device_eval_batch_size, out)
+    print(f"wrote {len(rows)} predictions to {out}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "chat": cmd_chat, "predict": cmd_predict}
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    from softprompt.checkpoint import CheckpointError
+    from softprompt.data import DataError
+    from softprompt.model import ModelNotFoundError
+    from softprompt.train import TrainingError
+
+    return ArgumentError, CheckpointError, DataError, ModelNotFoundError, TrainingError
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"softprompt: error: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    _setup_logging()
+    debug = "--debug" in rest
+    try:
+        return COMMANDS[command](rest)
+    except user_errors() as exc:
+        if debug:
+            raise
+        print(f"softprompt {command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"softprompt {command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

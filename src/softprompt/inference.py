@@ -1,0 +1,119 @@
+"""Using a trained adapter: a base model, its prompt's prefix K/V computed once, batched generation.
+
+``Predictor`` is the Python API behind ``softprompt chat`` and ``softprompt predict``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from softprompt.checkpoint import CheckpointError, load_adapter
+from softprompt.config import GenerateArgs
+from softprompt.data import Conversation, encode_prompt, render_prompt
+from softprompt.engine.forward import prefix_of
+from softprompt.engine.generate import generate
+from softprompt.methods import adapter_from_checkpoint
+from softprompt.model import LoadedModel, load_model
+
+log = logging.getLogger("softprompt")
+
+
+class Predictor:
+    """A frozen base model plus an optional adapter, ready to answer.
+
+    The adapter's prefix K/V is computed once here and shared by every request and row.
+    """
+
+    def __init__(self, lm: LoadedModel, adapter_dir: str | None = None, template: str | None = None):
+        self.lm, self.template = lm, template
+        self.adapter = None
+        if adapter_dir:
+            config, state, _ = load_adapter(adapter_dir)
+            self.adapter = adapter_from_checkpoint(config, state, str(adapter_dir))
+            _check_compatible(config, lm, adapter_dir)
+        with torch.no_grad():
+            prefix = prefix_of(lm.model, self.adapter)
+        self.prefix = prefix.detach() if prefix is not None else None
+        tok = lm.tokenizer
+        eos = {tok.eos_token_id} | _as_set(lm.model.generation_config.eos_token_id)
+        self.eos_token_ids = sorted(i for i in eos if i is not None)
+
+    @classmethod
+    def load(cls, model_name_or_path: str, adapter_dir: str | None = None, template: str | None = None,
+             cache_dir: str | None = None) -> Predictor:
+        return cls(load_model(model_name_or_path, cache_dir), adapter_dir, template)
+
+    def prompt_ids(self, messages: Sequence[dict], system: str | None = None, tools: str | None = None) -> list[int]:
+        return encode_prompt(self.lm.tokenizer, messages, system, tools, self.template)
+
+    def generate_ids(self, prompts: Sequence[Sequence[int]], gen: GenerateArgs) -> list[list[int]]:
+        """New token ids for each prompt, generated together in one batch."""
+        generator = torch.Generator().manual_seed(gen.seed)
+        return generate(
+            self.lm.model, prompts, self.prefix, max_new_tokens=gen.max_new_tokens,
+            eos_token_ids=self.eos_token_ids, pad_token_id=self.lm.tokenizer.pad_token_id,
+            temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k, generator=generator,
+        )
+
+    def chat(self, messages: Sequence[dict], gen: GenerateArgs, system: str | None = None) -> str:
+        ids = self.generate_ids([self.prompt_ids(messages, system)], gen)[0]
+        return self.lm.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def predict(self, conversations: Sequence[Conversation], gen: GenerateArgs, batch_size: int,
+                out_path: str | Path) -> list[dict]:
+        """Answer each conversation's last prompt; write ``generated_predictions.jsonl`` rows
+        ``{"prompt", "predict", "label"}`` where ``prompt`` is the exact text fed to the model."""
+        rows: list[dict] = []
+        tok = self.lm.tokenizer
+        out_path = Path(out_path)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_path.with_name(out_path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f, tqdm(total=len(conversations), desc="predict", unit="ex") as bar:
+            for start in range(0, len(conversations), batch_size):
+                chunk = conversations[start:start + batch_size]
+                asks = [_split_last_answer(c) for c in chunk]
+                prompts = [self.prompt_ids(msgs, c.system, c.tools) for c, (msgs, _) in zip(chunk, asks)]
+                for c, (msgs, label), ids in zip(chunk, asks, self.generate_ids(prompts, gen)):
+                    row = {
+                        "prompt": render_prompt(tok, msgs, c.system, c.tools, self.template),
+                        "predict": tok.decode(ids, skip_special_tokens=True),
+                        "label": label,
+                    }
+                    rows.append(row)
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                bar.update(len(chunk))
+        tmp.replace(out_path)
+        return rows
+
+
+def _split_last_answer(conv: Conversation) -> tuple[list[dict], str]:
+    """(the turns up to the last prompt, the reference answer or "")."""
+    msgs = list(conv.messages)
+    if msgs and msgs[-1]["role"] in ("assistant", "function"):
+        return msgs[:-1], msgs[-1]["content"]
+    return msgs, ""
+
+
+def _as_set(value) -> set:
+    if value is None:
+        return set()
+    return set(value) if isinstance(value, (list, tuple, set)) else {value}
+
+
+def _check_compatible(config: dict, lm: LoadedModel, adapter_dir: str) -> None:
+    hidden = lm.model.config.get_text_config().hidden_size
+    token_dim = config.get("token_dim")
+    if token_dim is not None and int(token_dim) != hidden:
+        raise CheckpointError(
+            f"{adapter_dir}: adapter token_dim {token_dim} does not match {lm.name}'s hidden size {hidden}; "
+            f"it was trained for {config.get('base_model_name_or_path')!r}"
+        )
+    trained_for = config.get("base_model_name_or_path")
+    if trained_for and trained_for != lm.name and Path(str(trained_for)).name != Path(lm.name).name:
+        log.warning("%s was trained on %r; using it with %r", adapter_dir, trained_for, lm.name)

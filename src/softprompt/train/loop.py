@@ -1,0 +1,267 @@
+"""The training loop: one readable file, on Accelerate.
+
+Per optimizer update: take ``gradient_accumulation_steps`` micro-batches, count their labelled
+tokens, and back-propagate each micro-batch's summed loss divided by that count, so the update
+equals one big batch (batch 8 x accumulation 1 == batch 1 x accumulation 8). Each micro-batch
+computes the soft prompt's prefix K/V once (batch 1) and shares it with every row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from softprompt.checkpoint import save_checkpoint_folder, write_adapter_files
+from softprompt.config import ArgumentError, DataArgs, MethodArgs, ModelArgs, TrainArgs, as_dict
+from softprompt.data import collate, load_and_tokenize
+from softprompt.engine.forward import AdaptedLM, decoder_hidden, labelled_loss, prefix_of
+from softprompt.methods import METHODS
+from softprompt.model import LoadedModel, load_model
+from softprompt.train.plot import plot_loss
+
+log = logging.getLogger("softprompt")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss became non-finite)."""
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    global_step: int
+    train_loss: float
+    eval_loss: float | None
+    runtime_s: float
+    history: list[dict] = field(default_factory=list)
+
+
+def check_output_dir(args: TrainArgs) -> None:
+    out = Path(args.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ArgumentError(f"--output_dir {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite_output_dir:
+        raise ArgumentError(f"--output_dir {out} is not empty; pass --overwrite_output_dir to replace it")
+
+
+def choose_precision(args: TrainArgs, device: torch.device) -> str:
+    """Accelerate's mixed_precision: what the flags ask for, where the device supports it."""
+    if device.type == "cuda":
+        if args.bf16 and torch.cuda.is_bf16_supported():
+            return "bf16"
+        if args.fp16 or args.bf16:
+            return "fp16"
+        return "no"
+    if args.fp16:
+        log.warning("--fp16 needs a GPU; on the %s training runs in fp32 instead", device.type)
+    if args.bf16:
+        log.info("--bf16 on the %s: bf16 autocast, the soft prompt stays fp32", device.type)
+        return "bf16"
+    return "no"
+
+
+def _loaders(train_set, val_set, args: TrainArgs, pad_id: int) -> tuple[DataLoader, DataLoader | None]:
+    g = torch.Generator().manual_seed(args.seed)
+    fn = lambda rows: collate(rows, pad_id)  # noqa: E731
+    train = DataLoader(train_set, batch_size=args.per_device_train_batch_size, shuffle=True, generator=g,
+                       collate_fn=fn)
+    val = DataLoader(val_set, batch_size=args.per_device_eval_batch_size, collate_fn=fn) if val_set else None
+    return train, val
+
+
+def _total_updates(args: TrainArgs, batches_per_epoch: int) -> int:
+    if args.max_steps > 0:
+        return args.max_steps
+    return max(1, math.ceil(args.num_train_epochs * batches_per_epoch / args.gradient_accumulation_steps))
+
+
+def _micro_batches(loader: DataLoader):
+    """Batches forever, epoch after epoch: yields (epoch_float, batch)."""
+    epoch = 0
+    while True:
+        for i, batch in enumerate(loader):
+            yield epoch + (i + 1) / len(loader), batch
+        epoch += 1
+
+
+@torch.no_grad()
+def evaluate_loss(model: AdaptedLM, loader: DataLoader, accelerator: Accelerator) -> float:
+    """Mean loss per labelled token; the prefix is computed once for the whole pass."""
+    model.eval()
+    inner = accelerator.unwrap_model(model)
+    prefix = prefix_of(inner.base, inner.adapter)
+    total, count = torch.zeros((), device=accelerator.device), 0
+    for batch in loader:
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        with accelerator.autocast():
+            hidden = decoder_hidden(inner.base, batch["input_ids"], batch["attention_mask"], prefix)
+            loss_sum, n = labelled_loss(inner.base, hidden, batch["labels"])
+        total, count = total + loss_sum.float(), count + n
+    model.train()
+    stats = accelerator.reduce(torch.stack([total, torch.tensor(float(count), device=total.device)]), "sum")
+    return float(stats[0] / stats[1].clamp(min=1))
+
+
+def _update(model, optimizer, scheduler, window, accelerator: Accelerator, args: TrainArgs, step: int):
+    """One optimizer update over a window of micro-batches: (mean loss, grad norm, real tokens)."""
+    n_local = sum(int((b["labels"][:, 1:] != -100).sum()) for _, b in window)
+    n_global = float(accelerator.reduce(torch.tensor(float(n_local), device=accelerator.device), "sum"))
+    scale = accelerator.num_processes / max(n_global, 1.0)  # DDP averages over processes
+    loss_total, tokens = 0.0, 0
+    for i, (_, batch) in enumerate(window):
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        sync = accelerator.no_sync(model) if i < len(window) - 1 else contextlib.nullcontext()
+        with sync, accelerator.autocast():
+            loss_sum, _ = model(batch["input_ids"], batch["attention_mask"], batch["labels"])
+            accelerator.backward(loss_sum * scale)
+        loss_total += float(loss_sum.detach())
+        tokens += int(batch["attention_mask"].sum())
+    loss = loss_total / max(n_local, 1)
+    params = [p for p in model.parameters() if p.requires_grad]
+    grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+    if not (math.isfinite(loss) and math.isfinite(float(grad_norm))):
+        raise TrainingError(
+            f"step {step}: the loss or gradient became non-finite (loss={loss}); "
+            f"try a lower --learning_rate (now {args.learning_rate})"
+        )
+    if args.max_grad_norm > 0:
+        accelerator.clip_grad_norm_(params, args.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss, float(grad_norm), tokens
+
+
+class _Outputs:
+    """What the run writes under output_dir: log lines, checkpoints, the final adapter, the plot."""
+
+    def __init__(self, args: TrainArgs, lm: LoadedModel, adapter, accelerator: Accelerator, all_args: dict):
+        self.dir, self.args, self.lm, self.adapter = Path(args.output_dir), args, lm, adapter
+        self.main = accelerator.is_main_process
+        self.history: list[dict] = []
+        if self.main:
+            if self.dir.exists():
+                shutil.rmtree(self.dir)  # --overwrite_output_dir was checked before anything was loaded
+            self.dir.mkdir(parents=True)
+            (self.dir / "training_args.yaml").write_text(yaml.safe_dump(all_args, sort_keys=False))
+            self.log_file = open(self.dir / "trainer_log.jsonl", "a", encoding="utf-8")
+
+    def record(self, row: dict) -> None:
+        self.history.append(row)
+        if self.main:
+            self.log_file.write(json.dumps(row) + "\n")
+            self.log_file.flush()
+
+    def save_adapter(self, folder: Path | None = None) -> None:
+        if not self.main:
+            return
+        state = self.adapter.adapter_state()
+        config = self.adapter.adapter_config(self.lm.name, self.lm.model)
+        meta = {"softprompt_init": str(getattr(self.adapter, "init", ""))}
+        if folder is None:
+            write_adapter_files(self.dir, state, config, meta)
+        else:
+            save_checkpoint_folder(folder, state, config, meta)
+            self._rotate()
+
+    def _rotate(self) -> None:
+        limit = self.args.save_total_limit
+        if not limit:
+            return
+        ckpts = sorted(self.dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+        for old in ckpts[:-limit]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def finish(self, result: dict) -> None:
+        if not self.main:
+            return
+        self.log_file.close()
+        (self.dir / "train_results.json").write_text(json.dumps(result, indent=2) + "\n")
+        if self.args.plot_loss:
+            plot_loss(self.history, self.dir / "training_loss.png")
+
+
+def train(model_args: ModelArgs, data_args: DataArgs, method_args: MethodArgs, args: TrainArgs) -> TrainResult:
+    """Train an adapter as the arguments say and write it to ``args.output_dir`` in PEFT's format."""
+    check_output_dir(args)
+    torch.manual_seed(args.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    accelerator = Accelerator(mixed_precision=choose_precision(args, device))
+    lm = load_model(model_args.model_name_or_path, model_args.cache_dir)
+    if data_args.dataset is None:
+        raise ArgumentError("--dataset is required: name(s) from dataset_info.json in --dataset_dir")
+    train_set, val_set = load_and_tokenize(data_args, lm.tokenizer, args.seed)
+    adapter = METHODS[method_args.finetuning_type].create(
+        lm.model, lm.tokenizer, method_args, torch.Generator().manual_seed(args.seed)
+    )
+    model = AdaptedLM(lm.model, adapter)
+    n_params = sum(p.numel() for p in adapter.parameters())
+    log.info("%s: %d trainable parameters (%.4f%% of %s); %d train / %d validation examples",
+             method_args.finetuning_type, n_params, 100 * n_params / lm.model.num_parameters(), lm.name,
+             len(train_set), len(val_set))
+    optimizer = torch.optim.AdamW(adapter.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                  eps=args.adam_epsilon, weight_decay=args.weight_decay)
+    train_loader, val_loader = _loaders(train_set, val_set, args, lm.tokenizer.pad_token_id)
+    total = _total_updates(args, len(train_loader))
+    warmup = args.warmup_steps or math.ceil(args.warmup_ratio * total)
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    if val_loader is not None:
+        val_loader = accelerator.prepare(val_loader)
+    outputs = _Outputs(args, lm, adapter, accelerator, as_dict(model_args, data_args, method_args, args))
+    return _run(model, optimizer, scheduler, train_loader, val_loader, accelerator, args, total, outputs)
+
+
+def _run(model, optimizer, scheduler, train_loader, val_loader, accelerator, args, total, outputs) -> TrainResult:
+    start = last_log = time.time()
+    stream = _micro_batches(train_loader)
+    model.train()
+    pending, losses, tokens, eval_loss, step = [], [], 0, None, 0
+    bar = tqdm(total=total, desc="train", unit="step", disable=not accelerator.is_main_process)
+    for step in range(1, total + 1):
+        window = [next(stream) for _ in range(args.gradient_accumulation_steps)]
+        loss, grad_norm, n_tok = _update(model, optimizer, scheduler, window, accelerator, args, step)
+        losses.append(loss)
+        pending.append(loss)
+        tokens += n_tok
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}")
+        if step % args.logging_steps == 0 or step == total:
+            now = time.time()
+            outputs.record({
+                "current_steps": step, "total_steps": total, "loss": round(sum(pending) / len(pending), 4),
+                "learning_rate": scheduler.get_last_lr()[0], "grad_norm": round(grad_norm, 4),
+                "epoch": round(window[-1][0], 3), "tokens_per_second": round(tokens / max(now - last_log, 1e-9), 1),
+                "percentage": round(100 * step / total, 2), "elapsed_time": round(now - start, 1),
+            })
+            bar.write(f"step {step}/{total}  loss {sum(pending) / len(pending):.4f}  lr {scheduler.get_last_lr()[0]:.2e}"
+                      f"  grad_norm {grad_norm:.4f}  {tokens / max(now - last_log, 1e-9):.0f} tokens/s")
+            pending, tokens, last_log = [], 0, now
+        if val_loader is not None and ((args.eval_steps and step % args.eval_steps == 0) or step == total):
+            eval_loss = evaluate_loss(model, val_loader, accelerator)
+            outputs.record({"current_steps": step, "total_steps": total, "eval_loss": round(eval_loss, 4),
+                            "epoch": round(window[-1][0], 3)})
+            bar.write(f"step {step}/{total}  eval_loss {eval_loss:.4f}")
+        if args.save_steps and step % args.save_steps == 0 and step != total:
+            outputs.save_adapter(outputs.dir / f"checkpoint-{step}")
+    bar.close()
+    outputs.save_adapter()
+    runtime = time.time() - start
+    train_loss = sum(losses) / max(len(losses), 1)
+    result = {"global_step": step, "train_loss": round(train_loss, 4), "train_runtime": round(runtime, 2),
+              "eval_loss": None if eval_loss is None else round(eval_loss, 4)}
+    outputs.finish(result)
+    return TrainResult(outputs.dir, step, train_loss, eval_loss, runtime, outputs.history)
