@@ -116,7 +116,7 @@ def evaluate_loss(model: AdaptedLM, loader: DataLoader, accelerator: Accelerator
 
 
 def _update(model, optimizer, scheduler, window, accelerator: Accelerator, args: TrainArgs, step: int):
-    """One optimizer update over a window of micro-batches: (mean loss, grad norm, real tokens)."""
+    """One optimizer update over a window of micro-batches: (mean loss, grad norm, lr used, real tokens)."""
     n_local = sum(int((b["labels"][:, 1:] != -100).sum()) for _, b in window)
     n_global = float(accelerator.reduce(torch.tensor(float(n_local), device=accelerator.device), "sum"))
     scale = accelerator.num_processes / max(n_global, 1.0)  # DDP averages over processes
@@ -139,10 +139,11 @@ def _update(model, optimizer, scheduler, window, accelerator: Accelerator, args:
         )
     if args.max_grad_norm > 0:
         accelerator.clip_grad_norm_(params, args.max_grad_norm)
+    lr = scheduler.get_last_lr()[0]
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss, float(grad_norm), tokens
+    return loss, float(grad_norm), lr, tokens
 
 
 class _Outputs:
@@ -233,7 +234,7 @@ def _run(model, optimizer, scheduler, train_loader, val_loader, accelerator, arg
     bar = tqdm(total=total, desc="train", unit="step", disable=not accelerator.is_main_process)
     for step in range(1, total + 1):
         window = [next(stream) for _ in range(args.gradient_accumulation_steps)]
-        loss, grad_norm, n_tok = _update(model, optimizer, scheduler, window, accelerator, args, step)
+        loss, grad_norm, lr, n_tok = _update(model, optimizer, scheduler, window, accelerator, args, step)
         losses.append(loss)
         pending.append(loss)
         tokens += n_tok
@@ -243,11 +244,11 @@ def _run(model, optimizer, scheduler, train_loader, val_loader, accelerator, arg
             now = time.time()
             outputs.record({
                 "current_steps": step, "total_steps": total, "loss": round(sum(pending) / len(pending), 4),
-                "learning_rate": scheduler.get_last_lr()[0], "grad_norm": round(grad_norm, 4),
+                "learning_rate": lr, "grad_norm": round(grad_norm, 4),
                 "epoch": round(window[-1][0], 3), "tokens_per_second": round(tokens / max(now - last_log, 1e-9), 1),
                 "percentage": round(100 * step / total, 2), "elapsed_time": round(now - start, 1),
             })
-            bar.write(f"step {step}/{total}  loss {sum(pending) / len(pending):.4f}  lr {scheduler.get_last_lr()[0]:.2e}"
+            bar.write(f"step {step}/{total}  loss {sum(pending) / len(pending):.4f}  lr {lr:.2e}"
                       f"  grad_norm {grad_norm:.4f}  {tokens / max(now - last_log, 1e-9):.0f} tokens/s")
             pending, tokens, last_log = [], 0, now
         if val_loader is not None and ((args.eval_steps and step % args.eval_steps == 0) or step == total):
