@@ -36,8 +36,11 @@ $(STAMP): pyproject.toml Makefile
 
 demo: setup
 	$(VENV)/bin/softprompt train examples/demo.yaml --output_dir $(DEMO_OUT) --overwrite_output_dir
-	$(VENV)/bin/softprompt chat --adapter_name_or_path $(DEMO_OUT) \
-	    --query "Which planet is known as the Red Planet?"
+	@echo "--- the base model, without the soft prompt:"
+	@$(VENV)/bin/softprompt chat --query "Which planet is known as the Red Planet?" --max_new_tokens 40
+	@echo "--- with the soft prompt trained on data/demo_short_answers.json:"
+	@$(VENV)/bin/softprompt chat --adapter_name_or_path $(DEMO_OUT) \
+	    --query "Which planet is known as the Red Planet?" --max_new_tokens 40
 
 test: setup
 	$(PY) -m pytest -m "not slow" -q

@@ -34,6 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -222,3 +223,228 @@ def check_base_untouched(base) -> None:
         raise SystemExit(f"base model has trainable parameters after building PEFT: {trainable[:3]}")
     if any("peft" in type(m).__module__ for m in base.modules()):
         raise SystemExit("base model was modified by PEFT (it holds PEFT modules)")
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def parity(trainers: dict[str, Trainer], batch: dict[str, torch.Tensor], dtype: str) -> dict:
+    """Loss and gradient of both methods on one batch, before any update: they must agree."""
+    losses, grads = {}, {}
+    for name, t in trainers.items():
+        loss = t.loss(batch)
+        loss.backward()
+        losses[name] = float(loss.detach())
+        grads[name] = t.weight.grad.detach().float().clone()
+        t.weight.grad = None
+    loss_rel = abs(losses["softprompt"] - losses["peft"]) / abs(losses["peft"])
+    grad_rel = float((grads["softprompt"] - grads["peft"]).abs().max() / grads["peft"].abs().max())
+    return {
+        "peft_loss": losses["peft"], "softprompt_loss": losses["softprompt"],
+        "loss_rel_diff": loss_rel, "loss_rel_tol": LOSS_RTOL[dtype],
+        "grad_max_rel_diff": grad_rel, "grad_rel_tol": GRAD_RTOL[dtype],
+        "ok": loss_rel < LOSS_RTOL[dtype] and grad_rel < GRAD_RTOL[dtype],
+    }
+
+
+def timed(trainer: Trainer, batches: list[dict], device: torch.device, bar) -> float:
+    """Seconds for one pass of training steps over ``batches``."""
+    gc.collect()
+    sync(device)
+    start = time.perf_counter()
+    for batch in batches:
+        trainer.step(batch)
+        bar.update(1)
+    sync(device)
+    return time.perf_counter() - start
+
+
+def peak_memory(trainers: dict[str, Trainer], batch: dict, device: torch.device) -> dict | None:
+    """CUDA only: peak allocated bytes during one step of each method, measured separately.
+
+    ``peak_bytes`` includes every resident tensor (both models' weights); ``step_bytes`` is the
+    peak above what was allocated before the step (activations, logits, gradients).
+    """
+    if device.type != "cuda":
+        return None
+    out = {}
+    for name, t in trainers.items():
+        gc.collect()
+        sync(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        t.step(batch)
+        sync(device)
+        peak = torch.cuda.max_memory_allocated(device)
+        out[name] = {"peak_bytes": peak, "step_bytes": peak - before}
+    return out
+
+
+def bench_setting(args, base, tokenizer, batches: list[dict], length: int, device, bar) -> dict:
+    """Parity check, warmup, then ``repeats`` interleaved timings of both methods at one prompt length."""
+    prompt = initial_prompt(base, tokenizer, length, args.seed)
+    trainers = {"peft": peft_trainer(base, prompt), "softprompt": softprompt_trainer(base, prompt)}
+    check_base_untouched(base)
+    check = parity(trainers, batches[0], args.dtype)
+    if not check["ok"]:
+        raise SystemExit(f"softprompt and PEFT disagree at {length} virtual tokens, not timing them: {check}")
+    warmup, measured = batches[: args.warmup], batches[args.warmup :]
+    for t in trainers.values():
+        for batch in warmup:
+            t.step(batch)
+    seconds: dict[str, list[float]] = {m: [] for m in METHODS}
+    for r in range(args.repeats):
+        for name in METHODS if r % 2 == 0 else METHODS[::-1]:  # A B, B A, ...: no method always goes first
+            bar.set_postfix_str(f"L={length} repeat {r + 1}/{args.repeats} {name}")
+            seconds[name].append(timed(trainers[name], measured, device, bar))
+    memory = peak_memory(trainers, measured[0], device)
+    del trainers
+    gc.collect()
+    return summarise(length, measured, seconds, check, memory)
+
+
+def summarise(length: int, measured: list[dict], seconds: dict, check: dict, memory: dict | None) -> dict:
+    tokens = sum(int(b["attention_mask"].sum()) for b in measured)
+    tps = {m: [tokens / s for s in seconds[m]] for m in METHODS}
+    median = {m: statistics.median(tps[m]) for m in METHODS}
+    ratios = [s / p for s, p in zip(tps["softprompt"], tps["peft"])]
+    return {
+        "num_virtual_tokens": length,
+        "parity": check,
+        "real_tokens_per_repeat": tokens,
+        "seconds": seconds,
+        "tokens_per_s": tps,
+        "median_tokens_per_s": median,
+        "speedup": median["softprompt"] / median["peft"],
+        "per_repeat_speedup": ratios,
+        "per_repeat_speedup_min": min(ratios),
+        "per_repeat_speedup_max": max(ratios),
+        "memory": memory,
+    }
+
+
+# ----------------------------------------------------------------------------- reporting
+
+MD_HEADER = (
+    "| device | model | virtual tokens | batch | seq len | dtype | PEFT tokens/s | softprompt tokens/s | speedup |\n"
+    "|---|---|---:|---:|---:|---|---:|---:|---:|"
+)
+
+
+def data_stats(measured: list[dict]) -> dict:
+    masks = [b["attention_mask"] for b in measured]
+    rows = sum(m.shape[0] for m in masks)
+    return {
+        "measured_batches": len(measured),
+        "rows_per_repeat": rows,
+        "mean_real_tokens_per_row": sum(int(m.sum()) for m in masks) / rows,
+        "mean_padded_width": sum(m.shape[1] for m in masks) / len(masks),
+        "labelled_tokens_per_repeat": sum(int((b["labels"][:, 1:] != -100).sum()) for b in measured),
+    }
+
+
+def md_row(report: dict, r: dict) -> str:
+    s = report["settings"]
+    med = r["median_tokens_per_s"]
+    speedup = f"{r['speedup']:.2f}x ({r['per_repeat_speedup_min']:.2f}–{r['per_repeat_speedup_max']:.2f})"
+    return (f"| {report['environment']['device']} | {s['model']} | {r['num_virtual_tokens']} | {s['batch_size']} "
+            f"| {s['seq_len']} | {s['dtype']} | {med['peft']:.1f} | {med['softprompt']:.1f} | {speedup} |")
+
+
+def markdown(report: dict) -> str:
+    s, d = report["settings"], report["data"]
+    lines = [
+        "# Training throughput: softprompt vs PEFT prompt tuning", "",
+        f"Real tokens/s (sum of attention_mask; virtual tokens not counted), median of {s['repeats']} interleaved "
+        f"repeats of {s['steps']} steps (forward + backward + AdamW on the prompt) after {s['warmup']} warmup step(s). "
+        f"Speedup = ratio of the medians (min–max of the per-repeat ratios). Data: {s['dataset']}, "
+        f"{d['mean_real_tokens_per_row']:.1f} real tokens per row on average. {report['timestamp']}.", "",
+        MD_HEADER, *(md_row(report, r) for r in report["results"]), "",
+        "Reproduce:", "", "```sh", report["command"], "```", "",
+    ]
+    mem = [r for r in report["results"] if r["memory"]]
+    for r in mem:
+        m = r["memory"]
+        lines.append(f"Peak CUDA memory of one step above the resident weights at {r['num_virtual_tokens']} virtual "
+                     f"tokens: PEFT {m['peft']['step_bytes'] / 2**20:.0f} MiB, "
+                     f"softprompt {m['softprompt']['step_bytes'] / 2**20:.0f} MiB.")
+    return "\n".join(lines) + ("\n" if mem else "")
+
+
+def print_table(report: dict) -> None:
+    print(f"\n{report['environment']['device']} | {report['settings']['model']} | batch {report['settings']['batch_size']}"
+          f" | seq len {report['settings']['seq_len']} | {report['settings']['dtype']} | "
+          f"{report['environment']['torch_threads']} threads | {report['wall_seconds']:.0f} s in all")
+    print(f"{'virtual':>7} {'PEFT tok/s':>11} {'softprompt tok/s':>17} {'speedup':>8} {'per-repeat':>13} "
+          f"{'loss rel diff':>14}")
+    for r in report["results"]:
+        med = r["median_tokens_per_s"]
+        spread = f"{r['per_repeat_speedup_min']:.2f}-{r['per_repeat_speedup_max']:.2f}"
+        print(f"{r['num_virtual_tokens']:>7} {med['peft']:>11.1f} {med['softprompt']:>17.1f} {r['speedup']:>7.2f}x "
+              f"{spread:>13} {r['parity']['loss_rel_diff']:>14.1e}")
+        if r["memory"]:
+            m = r["memory"]
+            print(f"{'':>7} step memory (MiB): PEFT {m['peft']['step_bytes'] / 2**20:.0f}, "
+                  f"softprompt {m['softprompt']['step_bytes'] / 2**20:.0f}")
+
+
+def write_outputs(report: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in (("train_throughput.json", json.dumps(report, indent=2) + "\n"),
+                       ("train_throughput.md", markdown(report))):
+        tmp = out / (name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, out / name)
+    print(f"wrote {out / 'train_throughput.json'} and {out / 'train_throughput.md'}")
+
+
+def command_line(argv: list[str] | None) -> str:
+    args = sys.argv[1:] if argv is None else argv
+    return shlex.join([".venv/bin/python", "bench/train_throughput.py", *args])
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    logging.getLogger("softprompt").setLevel(logging.ERROR)  # truncation at seq_len is intended here
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # raised inside PEFT
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        base, tokenizer, label = load_base(args, tmp)
+    base.to(device)
+    batches = [{k: v.to(device) for k, v in b.items()} for b in make_batches(args, tokenizer, args.warmup + args.steps)]
+    total = len(args.lengths) * args.repeats * len(METHODS) * args.steps
+    with tqdm(total=total, desc="measured steps", unit="step") as bar:
+        results = [bench_setting(args, base, tokenizer, batches, n, device, bar) for n in args.lengths]
+    report = {
+        "benchmark": "train_throughput",
+        "timestamp": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": command_line(argv),
+        "wall_seconds": time.perf_counter() - start,
+        "environment": environment(device),
+        "settings": {
+            "model": label, "num_virtual_tokens": args.lengths, "batch_size": args.batch_size,
+            "seq_len": args.seq_len, "dtype": args.dtype, "steps": args.steps, "repeats": args.repeats,
+            "warmup": args.warmup, "dataset": args.dataset, "dataset_dir": args.dataset_dir, "seed": args.seed,
+            "optimizer": f"AdamW lr={LR} on the prompt only", "order": "interleaved per repeat: A B, B A, ...",
+            "quick": args.quick,
+        },
+        "data": data_stats(batches[args.warmup :]),
+        "results": results,
+    }
+    print_table(report)
+    write_outputs(report, args.out)
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -122,3 +122,21 @@ def test_predict_batched_equals_unbatched_and_chat(tiny_dir, data_dir, tmp_path,
     assert main(["chat", "--model_name_or_path", str(tiny_dir), "--adapter_name_or_path", str(adapter),
                  "--query", "What is the capital of France?", "--max_new_tokens", "6"]) == 0
     assert capsys.readouterr().out.strip() == outs[1][0]["predict"].strip()
+
+
+def test_continue_training_from_an_adapter(tiny_dir, data_dir, tmp_path):
+    assert main(train_flags(tiny_dir, data_dir, tmp_path / "a", num_virtual_tokens=3)) == 0
+    _, first, _ = load_adapter(tmp_path / "a")
+    assert main(train_flags(tiny_dir, data_dir, tmp_path / "b", adapter_name_or_path=tmp_path / "a",
+                            max_steps=1, learning_rate=1e-6)) == 0
+    _, second, _ = load_adapter(tmp_path / "b")
+    assert second["prompt_embeddings"].shape == (3, 64)  # its length, not --num_virtual_tokens 4
+    assert (second["prompt_embeddings"] - first["prompt_embeddings"]).abs().max() < 1e-4
+
+
+def test_interactive_chat_reads_stdin(tiny_dir):
+    out = subprocess.run([sys.executable, "-m", "softprompt", "chat", "--model_name_or_path", str(tiny_dir),
+                          "--max_new_tokens", "3"], input="hello\nclear\nhi again\nexit\n",
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("Assistant:") == 2

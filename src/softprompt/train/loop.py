@@ -24,11 +24,11 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from softprompt.checkpoint import save_checkpoint_folder, write_adapter_files
+from softprompt.checkpoint import load_adapter, save_checkpoint_folder, write_adapter_files
 from softprompt.config import ArgumentError, DataArgs, MethodArgs, ModelArgs, TrainArgs, as_dict
 from softprompt.data import collate, load_and_tokenize
 from softprompt.engine.forward import AdaptedLM, decoder_hidden, labelled_loss, prefix_of
-from softprompt.methods import METHODS
+from softprompt.methods import METHODS, adapter_from_checkpoint
 from softprompt.model import LoadedModel, load_model
 from softprompt.train.plot import plot_loss
 
@@ -205,9 +205,7 @@ def train(model_args: ModelArgs, data_args: DataArgs, method_args: MethodArgs, a
     if data_args.dataset is None:
         raise ArgumentError("--dataset is required: name(s) from dataset_info.json in --dataset_dir")
     train_set, val_set = load_and_tokenize(data_args, lm.tokenizer, args.seed)
-    adapter = METHODS[method_args.finetuning_type].create(
-        lm.model, lm.tokenizer, method_args, torch.Generator().manual_seed(args.seed)
-    )
+    adapter = _initial_adapter(lm, model_args, method_args, args.seed)
     model = AdaptedLM(lm.model, adapter)
     n_params = sum(p.numel() for p in adapter.parameters())
     log.info("%s: %d trainable parameters (%.4f%% of %s); %d train / %d validation examples",
@@ -224,6 +222,21 @@ def train(model_args: ModelArgs, data_args: DataArgs, method_args: MethodArgs, a
         val_loader = accelerator.prepare(val_loader)
     outputs = _Outputs(args, lm, adapter, accelerator, as_dict(model_args, data_args, method_args, args))
     return _run(model, optimizer, scheduler, train_loader, val_loader, accelerator, args, total, outputs)
+
+
+def _initial_adapter(lm: LoadedModel, model_args: ModelArgs, method_args: MethodArgs, seed: int):
+    """A new adapter, or the one in --adapter_name_or_path to continue training it."""
+    if not model_args.adapter_name_or_path:
+        return METHODS[method_args.finetuning_type].create(
+            lm.model, lm.tokenizer, method_args, torch.Generator().manual_seed(seed)
+        )
+    config, state, _ = load_adapter(model_args.adapter_name_or_path)
+    adapter = adapter_from_checkpoint(config, state, model_args.adapter_name_or_path)
+    if getattr(METHODS[method_args.finetuning_type], "PEFT_TYPE", None) != adapter.peft_type:
+        raise ArgumentError(f"--adapter_name_or_path {model_args.adapter_name_or_path} holds a {adapter.peft_type} "
+                            f"adapter; --finetuning_type {method_args.finetuning_type} cannot continue it")
+    log.info("continuing training of %s (%s)", model_args.adapter_name_or_path, adapter.peft_type)
+    return adapter
 
 
 def _run(model, optimizer, scheduler, train_loader, val_loader, accelerator, args, total, outputs) -> TrainResult:
