@@ -140,3 +140,29 @@ def test_interactive_chat_reads_stdin(tiny_dir):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("Assistant:") == 2
+
+
+def test_base_model_without_chat_template_needs_template(tiny_base_dir, data_dir, tmp_path, capsys):
+    assert main(train_flags(tiny_base_dir, data_dir, tmp_path / "o")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--template" in err[0]
+    assert not (tmp_path / "o").exists()
+    assert main(train_flags(tiny_base_dir, data_dir, tmp_path / "o", template="default")) == 0
+    assert main(["predict", "--model_name_or_path", str(tiny_base_dir), "--adapter_name_or_path", str(tmp_path / "o"),
+                 "--dataset", "toy", "--dataset_dir", str(data_dir), "--template", "default", "--max_samples", "1",
+                 "--output_dir", str(tmp_path / "p"), "--max_new_tokens", "2"]) == 0
+    row = json.loads((tmp_path / "p" / "generated_predictions.jsonl").read_text())
+    assert row["prompt"] == "Human: What is the capital of France?\nextra input\nAssistant:"
+
+
+def test_every_example_config_parses():
+    from pathlib import Path
+
+    from softprompt.config import DataArgs, MethodArgs, ModelArgs, TrainArgs, parse_args
+
+    examples = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+    assert examples
+    for path in examples:
+        assert path.read_text().startswith("# ")  # the launch command on top
+        (model, data, method, train), _ = parse_args([str(path)], [ModelArgs, DataArgs, MethodArgs, TrainArgs])
+        assert method.finetuning_type == "prompt_tuning" and train.output_dir

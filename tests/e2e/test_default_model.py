@@ -22,7 +22,8 @@ def trained_default(tmp_path_factory):
     out = tmp_path_factory.mktemp("default") / "pt100"
     argv = ["train", "--model_name_or_path", "smollm2-135m-instruct", "--dataset", "demo_short_answers",
             "--dataset_dir", str(REPO / "data"), "--finetuning_type", "prompt_tuning",
-            "--num_virtual_tokens", "100", "--output_dir", str(out), "--per_device_train_batch_size", "2",
+            "--num_virtual_tokens", "100", "--prompt_tuning_init", "text",
+            "--prompt_tuning_init_text", "Answer briefly.", "--output_dir", str(out), "--per_device_train_batch_size", "2",
             "--max_steps", "2", "--learning_rate", "3e-2", "--cutoff_len", "64", "--logging_steps", "1",
             "--fp16"]
     assert main(argv) == 0
