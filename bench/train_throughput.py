@@ -127,7 +127,17 @@ def environment(device: torch.device) -> dict:
         "peft": peft.__version__,
         "cuda": torch.version.cuda if device.type == "cuda" else None,
         "platform": platform.platform(),
+        "loadavg_1m_at_start": _loadavg(),
     }
+
+
+def _loadavg() -> float | None:
+    """1-minute load average. At start it shows other work on the machine; at the end it also
+    counts the benchmark's own threads, so well above ``torch_threads`` means competition."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 # ----------------------------------------------------------------------------- model and data
@@ -417,7 +427,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.getLogger("softprompt").setLevel(logging.ERROR)  # truncation at seq_len is intended here
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # raised inside PEFT
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    start = time.perf_counter()
+    start, load_at_start = time.perf_counter(), _loadavg()
     with tempfile.TemporaryDirectory() as tmp:
         base, tokenizer, label = load_base(args, tmp)
     base.to(device)
@@ -425,12 +435,14 @@ def main(argv: list[str] | None = None) -> dict:
     total = len(args.lengths) * args.repeats * len(METHODS) * args.steps
     with tqdm(total=total, desc="measured steps", unit="step") as bar:
         results = [bench_setting(args, base, tokenizer, batches, n, device, bar) for n in args.lengths]
+    env = environment(device)
+    env["loadavg_1m_at_start"], env["loadavg_1m_at_end"] = load_at_start, _loadavg()
     report = {
         "benchmark": "train_throughput",
         "timestamp": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": command_line(argv),
         "wall_seconds": time.perf_counter() - start,
-        "environment": environment(device),
+        "environment": env,
         "settings": {
             "model": label, "num_virtual_tokens": args.lengths, "batch_size": args.batch_size,
             "seq_len": args.seq_len, "dtype": args.dtype, "steps": args.steps, "repeats": args.repeats,

@@ -27,11 +27,18 @@ class CheckpointError(ValueError):
     """An adapter folder is missing, incomplete or not in PEFT's format."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -61,6 +68,7 @@ def save_checkpoint_folder(
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
         write_adapter_files(tmp, state, config, metadata)
+        os.chmod(tmp, 0o777 & ~_umask())
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)

@@ -78,7 +78,9 @@ def _loaders(train_set, val_set, args: TrainArgs, pad_id: int) -> tuple[DataLoad
     fn = lambda rows: collate(rows, pad_id)  # noqa: E731
     train = DataLoader(train_set, batch_size=args.per_device_train_batch_size, shuffle=True, generator=g,
                        collate_fn=fn)
-    val = DataLoader(val_set, batch_size=args.per_device_eval_batch_size, collate_fn=fn) if val_set else None
+    # Validation order does not change the mean loss: sort by length so batches carry little padding.
+    val_sorted = sorted(val_set, key=lambda ex: len(ex["input_ids"]))
+    val = DataLoader(val_sorted, batch_size=args.per_device_eval_batch_size, collate_fn=fn) if val_set else None
     return train, val
 
 
