@@ -55,7 +55,7 @@ def build_model(vocab_size: int, seed: int = 0, **overrides) -> LlamaForCausalLM
     config = LlamaConfig(
         vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0, **overrides,
+        tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0, **overrides,
     )
     model = LlamaForCausalLM(config)
     model.eval()

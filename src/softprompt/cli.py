@@ -14,7 +14,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download at run time
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from softprompt.config import (  # noqa: E402
-    ArgumentError, ChatArgs, DataArgs, GenerateArgs, MethodArgs, ModelArgs, PredictArgs, TrainArgs, parse_args,
+    ArgumentError, ChatArgs, DataArgs, GenerateArgs, MethodArgs, ModelArgs, PredictArgs, ServeArgs, TrainArgs,
+    parse_args,
 )
 
 log = logging.getLogger("softprompt")
@@ -25,6 +26,10 @@ commands:
   train     train a soft prompt (or another method) with LLaMA-Factory's arguments
   chat      talk to a base model with an optional adapter (--query for one answer)
   predict   answer every example of a dataset, write generated_predictions.jsonl
+  serve     an OpenAI-compatible server: one base model, one task per adapter folder
+  eval      score the base model and/or adapters on a dataset: classification, generation or loss
+  sweep     train one prompt per combination of lengths / inits / learning rates, compare them
+  inspect   what a soft prompt holds: sizes, nearest vocabulary tokens, norms
 
 `softprompt <command> --help` lists the arguments of a command."""
 
@@ -104,7 +109,56 @@ def cmd_predict(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "chat": cmd_chat, "predict": cmd_predict}
+def cmd_serve(argv: list[str]) -> int:
+    (model_args, serve_args), _ = parse_args(
+        argv, [ModelArgs, ServeArgs], "softprompt serve",
+        "Serve a base model and every adapter under --prompts_dir through an OpenAI-compatible API.",
+    )
+    import uvicorn
+
+    from softprompt.multitask import MultiTaskPredictor
+    from softprompt.serve.app import create_app
+
+    predictor = MultiTaskPredictor.load(model_args.model_name_or_path, serve_args.prompts_dir,
+                                        serve_args.max_prefix_cache_mb, serve_args.template, model_args.cache_dir)
+    app = create_app(predictor, serve_args.api_key, serve_args.max_batch_size, serve_args.batch_window_ms,
+                     serve_args.max_queue)
+    log.info("serving %s with tasks %s on http://%s:%d/v1", predictor.lm.name,
+             ", ".join(predictor.registry.names()), serve_args.host, serve_args.port)
+    uvicorn.run(app, host=serve_args.host, port=serve_args.port, log_level="warning",
+                timeout_graceful_shutdown=60)
+    return 0
+
+
+def cmd_eval(argv: list[str]) -> int:
+    from softprompt.config import EvalArgs
+    from softprompt.evaluate import evaluate
+    from softprompt.evaluate.run import markdown_table
+
+    (model_args, data_args, eval_args, gen), _ = parse_args(
+        argv, [ModelArgs, DataArgs, EvalArgs, GenerateArgs], "softprompt eval",
+        "Evaluate the base model and/or adapters (comma-separated; 'none' = no adapter) on a dataset.",
+    )
+    report = evaluate(model_args, data_args, eval_args, gen)
+    print(markdown_table(report["task"], report["results"]), end="")
+    print(f"wrote {eval_args.output_dir}/eval_results.json and eval_results.md")
+    return 0
+
+
+def cmd_sweep(argv: list[str]) -> int:
+    from softprompt.sweep import sweep_main
+
+    return sweep_main(argv)
+
+
+def cmd_inspect(argv: list[str]) -> int:
+    from softprompt.evaluate.inspection import inspect_main
+
+    return inspect_main(argv)
+
+
+COMMANDS = {"train": cmd_train, "chat": cmd_chat, "predict": cmd_predict, "serve": cmd_serve,
+            "eval": cmd_eval, "sweep": cmd_sweep, "inspect": cmd_inspect}
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

@@ -159,6 +159,10 @@ class TrainArgs:
     """Save training_loss.png (and the validation loss) at the end."""
     report_to: str = "none"
     """Accepted for LLaMA-Factory compatibility; softprompt logs to trainer_log.jsonl."""
+    early_stopping_patience: int | None = None
+    """Stop after this many validations in a row without a lower validation loss (needs val_size and eval_steps)."""
+    load_best_model_at_end: bool = False
+    """Write the adapter of the lowest validation loss to output_dir at the end, not the last one (needs val_size)."""
 
     def __post_init__(self) -> None:
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
@@ -176,6 +180,12 @@ class TrainArgs:
             raise ArgumentError(f"--logging_steps must be at least 1, got {self.logging_steps}")
         if self.fp16 and self.bf16:
             raise ArgumentError("--fp16 and --bf16 are exclusive: pick one")
+        if self.early_stopping_patience is not None:
+            if self.early_stopping_patience < 1:
+                raise ArgumentError(f"--early_stopping_patience must be at least 1, got {self.early_stopping_patience}")
+            if not self.eval_steps:
+                raise ArgumentError("--early_stopping_patience needs --eval_steps (and --val_size): "
+                                    "it counts validations without improvement")
 
 
 @dataclass
@@ -350,3 +360,73 @@ class ChatArgs:
     """System message (default: the template's own)."""
     template: str | None = None
     """Chat template: unset uses the tokenizer's own; or 'default', 'alpaca', 'empty', or a .jinja file."""
+
+
+@dataclass
+class EvalArgs:
+    task: Literal["classification", "generation", "loss"] = "loss"
+    """What to measure: 'classification' (label words scored by log-likelihood: accuracy, macro-F1),
+    'generation' (generate, then exact match, ROUGE-L, BLEU-4) or 'loss' (mean loss, perplexity)."""
+    label_words: str | None = None
+    """Classification labels, comma-separated (default: the distinct answers of the data)."""
+    label_score: Literal["sum", "mean"] = "sum"
+    """How a label of several tokens is scored: the sum or the mean of its tokens' log-likelihoods."""
+    output_dir: str = "output/eval"
+    """Where eval_results.json, eval_results.md (and eval_predictions.jsonl) are written."""
+    per_device_eval_batch_size: int = 8
+    """Examples scored or generated together in one batch."""
+    save_predictions: bool = False
+    """Also write eval_predictions.jsonl: one row per example and model."""
+
+    def __post_init__(self) -> None:
+        if self.per_device_eval_batch_size < 1:
+            raise ArgumentError(f"--per_device_eval_batch_size must be at least 1, got {self.per_device_eval_batch_size}")
+        if self.label_words is not None and len(self.labels()) < 2:
+            raise ArgumentError(f"--label_words needs at least two comma-separated words, got {self.label_words!r}")
+
+    def labels(self) -> list[str]:
+        """The --label_words as a list (empty when unset)."""
+        return [w.strip() for w in (self.label_words or "").split(",") if w.strip()]
+
+
+@dataclass
+class InspectArgs:
+    top_k: int = 5
+    """Nearest vocabulary tokens shown per virtual token."""
+    json: bool = False
+    """Print one JSON object instead of tables."""
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise ArgumentError(f"--top_k must be at least 1, got {self.top_k}")
+
+
+@dataclass
+class ServeArgs:
+    prompts_dir: str | None = None
+    """Folder whose subfolders are adapters; each is a task named after its folder (plus 'base')."""
+    host: str = "127.0.0.1"
+    """Address to listen on."""
+    port: int = 8000
+    """Port to listen on."""
+    api_key: str | None = None
+    """Require 'Authorization: Bearer KEY' on every endpoint but /health."""
+    max_batch_size: int = 8
+    """Requests generated together in one batch (tasks may be mixed)."""
+    batch_window_ms: float = 10.0
+    """How long a request waits for others to join its batch."""
+    max_queue: int = 64
+    """Requests that may wait; beyond it the server answers 503 at once."""
+    max_prefix_cache_mb: float = 256.0
+    """Memory for cached prefix K/V of tasks (least recently used evicted first)."""
+    template: str | None = None
+    """Chat template: unset uses the tokenizer's own (as in training)."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ArgumentError(f"--port must be in 1..65535, got {self.port}")
+        for name in ("max_batch_size", "max_queue"):
+            if getattr(self, name) < 1:
+                raise ArgumentError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.prompts_dir is not None and not Path(self.prompts_dir).is_dir():
+            raise ArgumentError(f"--prompts_dir {self.prompts_dir} is not a folder")

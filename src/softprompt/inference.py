@@ -13,12 +13,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from softprompt.checkpoint import CheckpointError, load_adapter
+from softprompt.checkpoint import load_adapter
 from softprompt.config import GenerateArgs
 from softprompt.data import Conversation, encode_prompt, render_prompt
 from softprompt.engine.forward import prefix_of
 from softprompt.engine.generate import generate
-from softprompt.methods import adapter_from_checkpoint
+from softprompt.methods import adapter_from_checkpoint, check_compatible
 from softprompt.model import LoadedModel, load_model
 
 log = logging.getLogger("softprompt")
@@ -36,7 +36,7 @@ class Predictor:
         if adapter_dir:
             config, state, _ = load_adapter(adapter_dir)
             self.adapter = adapter_from_checkpoint(config, state, str(adapter_dir))
-            _check_compatible(config, lm, adapter_dir)
+            check_compatible(config, lm.model, lm.name, str(adapter_dir))
         with torch.no_grad():
             prefix = prefix_of(lm.model, self.adapter)
         self.prefix = prefix.detach() if prefix is not None else None
@@ -104,16 +104,3 @@ def _as_set(value) -> set:
     if value is None:
         return set()
     return set(value) if isinstance(value, (list, tuple, set)) else {value}
-
-
-def _check_compatible(config: dict, lm: LoadedModel, adapter_dir: str) -> None:
-    hidden = lm.model.config.get_text_config().hidden_size
-    token_dim = config.get("token_dim")
-    if token_dim is not None and int(token_dim) != hidden:
-        raise CheckpointError(
-            f"{adapter_dir}: adapter token_dim {token_dim} does not match {lm.name}'s hidden size {hidden}; "
-            f"it was trained for {config.get('base_model_name_or_path')!r}"
-        )
-    trained_for = config.get("base_model_name_or_path")
-    if trained_for and trained_for != lm.name and Path(str(trained_for)).name != Path(lm.name).name:
-        log.warning("%s was trained on %r; using it with %r", adapter_dir, trained_for, lm.name)

@@ -120,8 +120,8 @@ def test_predict_batched_equals_unbatched_and_chat(tiny_dir, data_dir, tmp_path,
     assert first["label"] == "Paris is the capital of France."
     capsys.readouterr()
     assert main(["chat", "--model_name_or_path", str(tiny_dir), "--adapter_name_or_path", str(adapter),
-                 "--query", "What is the capital of France?", "--max_new_tokens", "6"]) == 0
-    assert capsys.readouterr().out.strip() == outs[1][0]["predict"].strip()
+                 "--query", "Give three tips for staying healthy.", "--max_new_tokens", "6"]) == 0
+    assert capsys.readouterr().out.rstrip("\n") == outs[1][1]["predict"]
 
 
 def test_continue_training_from_an_adapter(tiny_dir, data_dir, tmp_path):

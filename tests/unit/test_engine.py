@@ -94,3 +94,39 @@ def test_sampling_respects_top_k_and_is_seeded():
     b = pick_next(logits.repeat(5, 1), 1.0, 0.9, 0, torch.Generator().manual_seed(7))
     assert torch.equal(a, b)
     assert int(pick_next(logits, 0.0, 1.0, 0, None)) == 1
+
+
+def test_mixed_task_batch_equals_each_request_alone(tiny_dir):
+    """Rows of different tasks (prefix lengths 3 and 8, and the bare base) in one batch."""
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir).requires_grad_(False)
+    tasks = {}
+    for name, L, seed in (("a", 3, 1), ("b", 8, 2)):
+        torch.manual_seed(seed)
+        p = PromptTuning(L, base.config.hidden_size)
+        with torch.no_grad():
+            p.embedding.weight.normal_(0, 1.0)
+        tasks[name] = prefix_of(base, p).detach()
+    tasks["base"] = None
+    g = torch.Generator().manual_seed(5)
+    order = ["a", "b", "base", "b", "a", "base", "b"]
+    prompts = [torch.randint(3, 300, (n,), generator=g).tolist() for n in (4, 9, 2, 6, 12, 7, 1)]
+    mixed = generate(base, prompts, [tasks[t] for t in order], max_new_tokens=8, eos_token_ids=[2])
+    alone = [generate(base, [p], tasks[t], max_new_tokens=8, eos_token_ids=[2])[0] for p, t in zip(prompts, order)]
+    assert mixed == alone
+    assert len({tuple(x) for x in alone}) > 3  # the tasks really answer differently
+
+
+def test_per_row_sampling_params_and_stop_callback(tiny_dir):
+    from softprompt.engine.generate import SamplingParams
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir).requires_grad_(False)
+    prompts = [[5, 6, 7], [8, 9], [10]]
+    params = [SamplingParams(max_new_tokens=2), SamplingParams(max_new_tokens=5, temperature=1.0, seed=3),
+              SamplingParams(max_new_tokens=4)]
+    out = generate(base, prompts, None, params=params, eos_token_ids=[])
+    assert [len(x) for x in out] == [2, 5, 4]
+    again = generate(base, [prompts[1]], None, params=[params[1]], eos_token_ids=[])
+    assert again[0] == out[1]  # a row's seed makes its sampling reproducible, whatever the batch
+    stopped = generate(base, prompts, None, max_new_tokens=6, eos_token_ids=[],
+                       on_token=lambda row, tok: row == 0)
+    assert len(stopped[0]) == 1 and len(stopped[1]) == 6

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from softprompt.data.collate import left_pad
-from softprompt.engine.forward import positions_after
-from softprompt.engine.prefix import PrefixKV
+from softprompt.engine.prefix import PrefixKV, stack_prefixes
 
 
 def pick_next(
@@ -32,12 +32,44 @@ def pick_next(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+@dataclass
+class SamplingParams:
+    """How one row is decoded. ``temperature`` 0 means greedy; ``seed`` seeds that row alone."""
+
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+
+
+def _prefix_cache(prefix, B: int, config, device) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
+    """(cache, prefix mask (B, Lmax), per-row prefix length (B,)) for a shared, per-row or no prefix."""
+    if isinstance(prefix, PrefixKV):
+        L = prefix.length
+        return prefix.expand(B, config), torch.ones(B, L, dtype=torch.long), torch.full((B,), L)
+    if prefix is None:
+        prefix = [None] * B
+    cache, mask, lengths = stack_prefixes(list(prefix), config)
+    return (cache if cache is not None else DynamicCache(config=config)), mask, lengths
+
+
+def _pick_rows(logits: torch.Tensor, params: list[SamplingParams], generators: list) -> torch.Tensor:
+    """Next token per row (B,): vectorised argmax for greedy rows, per-row sampling for the rest."""
+    token = logits.argmax(-1)
+    for row, (p, g) in enumerate(zip(params, generators)):
+        if p.temperature > 0:
+            token[row] = pick_next(logits[row:row + 1], p.temperature, p.top_p, p.top_k, g)[0]
+    return token
+
+
 @torch.no_grad()
 def generate(
     model: PreTrainedModel,
     prompts: Sequence[Sequence[int]],
-    prefix: PrefixKV | None = None,
+    prefix: PrefixKV | Sequence[PrefixKV | None] | None = None,
     *,
+    params: SamplingParams | Sequence[SamplingParams] | None = None,
     max_new_tokens: int = 128,
     eos_token_ids: Sequence[int] = (),
     pad_token_id: int = 0,
@@ -45,43 +77,50 @@ def generate(
     top_p: float = 1.0,
     top_k: int = 0,
     generator: torch.Generator | None = None,
-    on_token: Callable[[int, int], None] | None = None,
+    on_token: Callable[[int, int], bool | None] | None = None,
 ) -> list[list[int]]:
-    """Generate up to ``max_new_tokens`` per prompt; returns the new ids of each row, EOS excluded.
+    """Generate for a batch of prompts; returns the new ids of each row, EOS excluded.
 
-    The prefix (if any) is shared by all rows as expanded views; rows are left-padded and
-    their positions start at the prefix length, so a row's output does not depend on the
-    others. ``on_token(row, token_id)`` is called as each token is produced (streaming).
+    ``prefix`` is one PrefixKV shared by all rows (expanded views), or one per row (mixed
+    tasks: left-padded to the longest and masked), or None. Rows are left-padded and their
+    positions start at their own prefix length, so a row's output does not depend on the
+    others. ``params`` gives each row its decoding (else the keyword defaults apply).
+    ``on_token(row, token_id)`` is called as each token is produced; returning True stops
+    that row (stop strings).
     """
     device = next(model.parameters()).device
     decoder, head = model.get_decoder(), model.get_output_embeddings()
+    B = len(prompts)
+    if params is None:
+        params = SamplingParams(max_new_tokens, temperature, top_p, top_k)
+    rows = [params] * B if isinstance(params, SamplingParams) else list(params)
+    generators = [torch.Generator().manual_seed(p.seed) if p.seed is not None else generator for p in rows]
     ids, mask = (t.to(device) for t in left_pad(prompts, pad_token_id))  # (B, T)
-    B = ids.shape[0]
-    L = prefix.length if prefix is not None else 0
-    cache = prefix.expand(B, model.config) if prefix is not None else DynamicCache(config=model.config)
-    full_mask = torch.cat([torch.ones(B, L, dtype=mask.dtype, device=device), mask], dim=1)  # (B, L + T)
-    positions = positions_after(mask, L)  # (B, T)
+    cache, prefix_mask, offsets = _prefix_cache(prefix, B, model.config, device)
+    full_mask = torch.cat([prefix_mask.to(device), mask], dim=1)  # (B, Lmax + T)
+    positions = offsets.to(device)[:, None] + (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
     hidden = decoder(input_ids=ids, attention_mask=full_mask, position_ids=positions,
                      past_key_values=cache, use_cache=True).last_hidden_state
-    logits = head(hidden[:, -1])  # (B, V)
+    logits = head(hidden[:, -1]).float()  # (B, V)
     next_pos = positions[:, -1:] + 1  # (B, 1)
     eos = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long, device=device)
-    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    limits = torch.tensor([p.max_new_tokens for p in rows], device=device)
+    finished = limits <= 0
     out: list[list[int]] = [[] for _ in range(B)]
-    for step in range(max_new_tokens):
-        token = pick_next(logits, temperature, top_p, top_k, generator)  # (B,)
+    for step in range(int(limits.max()) if B else 0):
+        token = _pick_rows(logits, rows, generators)  # (B,)
         token = torch.where(finished, torch.full_like(token, pad_token_id), token)
-        is_eos = torch.isin(token, eos) if len(eos) else torch.zeros_like(finished)
-        for row in (~finished & ~is_eos).nonzero().flatten().tolist():
+        stop = torch.isin(token, eos) if len(eos) else torch.zeros_like(finished)
+        for row in (~finished & ~stop).nonzero().flatten().tolist():
             out[row].append(int(token[row]))
-            if on_token is not None:
-                on_token(row, int(token[row]))
-        finished |= is_eos
-        if bool(finished.all()) or step == max_new_tokens - 1:
+            if on_token is not None and on_token(row, int(token[row])):
+                stop[row] = True
+        finished |= stop | (limits <= step + 1)
+        if bool(finished.all()):
             break
         full_mask = torch.cat([full_mask, torch.ones(B, 1, dtype=full_mask.dtype, device=device)], dim=1)
         hidden = decoder(input_ids=token[:, None], attention_mask=full_mask, position_ids=next_pos,
                          past_key_values=cache, use_cache=True).last_hidden_state
-        logits = head(hidden[:, -1])
+        logits = head(hidden[:, -1]).float()
         next_pos = next_pos + 1
     return out

@@ -6,6 +6,8 @@ A method's module is an ``nn.Module`` holding only the trainable parameters; it 
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol
 
@@ -40,3 +42,17 @@ def adapter_from_checkpoint(config: dict[str, Any], state: dict[str, torch.Tenso
     if config.get("task_type") not in (None, "CAUSAL_LM"):
         raise CheckpointError(f"{where}: task_type {config.get('task_type')!r}; softprompt serves CAUSAL_LM adapters")
     return BY_PEFT_TYPE[peft_type].from_checkpoint(config, state, where)
+
+
+def check_compatible(config: dict[str, Any], base: PreTrainedModel, base_name: str, where: str) -> None:
+    """Refuse an adapter trained for a base of another shape; warn when only the name differs."""
+    hidden = base.config.get_text_config().hidden_size
+    token_dim = config.get("token_dim")
+    if token_dim is not None and int(token_dim) != hidden:
+        raise CheckpointError(
+            f"{where}: adapter token_dim {token_dim} does not match {base_name}'s hidden size {hidden}; "
+            f"it was trained for {config.get('base_model_name_or_path')!r}"
+        )
+    trained_for = config.get("base_model_name_or_path")
+    if trained_for and trained_for != base_name and Path(str(trained_for)).name != Path(base_name).name:
+        logging.getLogger("softprompt").warning("%s was trained on %r; using it with %r", where, trained_for, base_name)

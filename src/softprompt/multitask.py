@@ -1,0 +1,134 @@
+"""One base model, many tasks: the Python API behind ``softprompt serve``.
+
+Each request names a task (an adapter folder, or ``base``); one batch may mix tasks. Every
+task's prefix K/V comes from the registry (computed once, LRU by bytes), so requests never
+recompute their prompt::
+
+    mt = MultiTaskPredictor.load("smollm2-135m-instruct", prompts_dir="prompts")
+    mt.chat("sentiment", [{"role": "user", "content": "I loved it"}])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from softprompt.data import encode_prompt
+from softprompt.engine.generate import SamplingParams, generate
+from softprompt.engine.registry import PromptRegistry
+from softprompt.model import LoadedModel, load_model
+
+
+class ContextLengthError(ValueError):
+    """Prompt plus prefix plus max_new_tokens do not fit the model's context."""
+
+
+@dataclass
+class Request:
+    task: str
+    prompt_ids: list[int]
+    params: SamplingParams = field(default_factory=SamplingParams)
+    stop: Sequence[str] = ()
+
+
+@dataclass
+class Result:
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" (EOS or a stop string) or "length"
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class _TextStream:
+    """Incremental detokenisation of one row, with stop strings; emits only text that is final."""
+
+    def __init__(self, tokenizer, stop: Sequence[str], emit: Callable[[str], None] | None):
+        self.tokenizer, self.stop, self.emit = tokenizer, [s for s in stop if s], emit
+        self.ids: list[int] = []
+        self.text, self.sent, self.stopped = "", 0, False
+        self.hold = max((len(s) for s in self.stop), default=1) - 1
+
+    def push(self, token_id: int) -> bool:
+        """Add a token; True when a stop string ended the row."""
+        self.ids.append(token_id)
+        self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        for s in self.stop:
+            at = self.text.find(s)
+            if at >= 0:
+                self.text, self.stopped = self.text[:at], True
+        safe = len(self.text) if self.stopped else max(self.sent, len(self.text) - self.hold)
+        if self.text.endswith("\ufffd") and not self.stopped:  # half of a multi-byte character
+            safe = min(safe, len(self.text) - 1)
+        if self.emit is not None and safe > self.sent:
+            self.emit(self.text[self.sent:safe])
+            self.sent = safe
+        return self.stopped
+
+    def flush(self) -> None:
+        if self.emit is not None and len(self.text) > self.sent:
+            self.emit(self.text[self.sent:])
+            self.sent = len(self.text)
+
+
+class MultiTaskPredictor:
+    """A frozen base model serving many soft prompts at once (mixed-task batches)."""
+
+    def __init__(self, lm: LoadedModel, prompts_dir: str | None = None, max_prefix_cache_mb: float = 256,
+                 template: str | None = None):
+        self.lm, self.template = lm, template
+        self.registry = PromptRegistry(lm.model, lm.name, prompts_dir, int(max_prefix_cache_mb * 2**20))
+        tok = lm.tokenizer
+        eos = {tok.eos_token_id}
+        gen_eos = lm.model.generation_config.eos_token_id
+        eos |= set(gen_eos) if isinstance(gen_eos, (list, tuple)) else {gen_eos}
+        self.eos_token_ids = sorted(i for i in eos if i is not None)
+        self.max_context = int(getattr(lm.model.config.get_text_config(), "max_position_embeddings", 2048))
+
+    @classmethod
+    def load(cls, model_name_or_path: str, prompts_dir: str | None = None, max_prefix_cache_mb: float = 256,
+             template: str | None = None, cache_dir: str | None = None) -> MultiTaskPredictor:
+        return cls(load_model(model_name_or_path, cache_dir), prompts_dir, max_prefix_cache_mb, template)
+
+    def chat_ids(self, messages: Sequence[dict], tools: str | None = None) -> list[int]:
+        return encode_prompt(self.lm.tokenizer, messages, None, tools, self.template)
+
+    def text_ids(self, text: str) -> list[int]:
+        return self.lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def check(self, request: Request) -> None:
+        """Raise UnknownTaskError / TaskUnavailableError / ContextLengthError before queueing."""
+        prefix = self.registry.prefix(request.task)
+        total = len(request.prompt_ids) + (prefix.length if prefix is not None else 0) + request.params.max_new_tokens
+        if not request.prompt_ids:
+            raise ContextLengthError("the prompt is empty")
+        if total > self.max_context:
+            raise ContextLengthError(
+                f"prompt ({len(request.prompt_ids)} tokens) + soft prompt + max_tokens "
+                f"({request.params.max_new_tokens}) = {total} exceeds the model's context of {self.max_context}"
+            )
+
+    def run(self, requests: Sequence[Request],
+            on_text: Callable[[int, str], None] | None = None) -> list[Result]:
+        """Generate for all requests in one batch; ``on_text(i, delta)`` streams final text."""
+        prefixes = [self.registry.prefix(r.task) for r in requests]
+        streams = [
+            _TextStream(self.lm.tokenizer, r.stop, (lambda d, i=i: on_text(i, d)) if on_text else None)
+            for i, r in enumerate(requests)
+        ]
+        outputs = generate(
+            self.lm.model, [r.prompt_ids for r in requests], prefixes, params=[r.params for r in requests],
+            eos_token_ids=self.eos_token_ids, pad_token_id=self.lm.tokenizer.pad_token_id,
+            on_token=lambda row, tok: streams[row].push(tok),
+        )
+        results = []
+        for r, ids, s in zip(requests, outputs, streams):
+            s.flush()
+            hit_length = len(ids) >= r.params.max_new_tokens and not s.stopped
+            results.append(Result(s.text, ids, "length" if hit_length else "stop", len(r.prompt_ids), len(ids)))
+        return results
+
+    def chat(self, task: str, messages: Sequence[dict], params: SamplingParams | None = None) -> str:
+        request = Request(task, self.chat_ids(messages), params or SamplingParams())
+        self.check(request)
+        return self.run([request])[0].text

@@ -1,0 +1,179 @@
+"""FastAPI app: OpenAI-compatible endpoints over a MultiTaskPredictor and its Batcher.
+
+``model`` in a request is the task name (an adapter folder under ``--prompts_dir``, or ``base``).
+Errors use OpenAI's JSON shape: unknown task 404, malformed body 400, prompt too long 400,
+bad or missing API key 401, full queue 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from softprompt.data import DataError
+from softprompt.engine.generate import SamplingParams
+from softprompt.engine.registry import TaskUnavailableError, UnknownTaskError
+from softprompt.multitask import ContextLengthError, MultiTaskPredictor, Request as GenRequest, Result
+from softprompt.serve import protocol as P
+from softprompt.serve.batcher import Batcher, QueueFullError
+
+log = logging.getLogger("softprompt")
+
+
+class ServeError(Exception):
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
+                 param: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.code, self.param = status, message, type_, code, param
+
+
+def _error(exc: ServeError) -> JSONResponse:
+    return JSONResponse(P.error_body(exc.message, exc.type, exc.code, exc.param), status_code=exc.status)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    first = exc.errors()[0] if exc.errors() else {}
+    loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+    param = ".".join(loc) or None
+    return (f"{param}: {first.get('msg', 'invalid request')}" if param else first.get("msg", "invalid request")), param
+
+
+def create_app(predictor: MultiTaskPredictor, api_key: str | None = None, max_batch_size: int = 8,
+               batch_window_ms: float = 10.0, max_queue: int = 64) -> FastAPI:
+    batcher = Batcher(predictor, max_batch_size, batch_window_ms / 1000, max_queue)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        yield
+        await asyncio.to_thread(batcher.stop)  # requests in flight finish first
+
+    app = FastAPI(title="softprompt", lifespan=lifespan)
+    app.state.batcher, app.state.predictor = batcher, predictor
+
+    @app.exception_handler(ServeError)
+    async def _serve_error(_: Request, exc: ServeError):
+        return _error(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError):
+        message, param = _validation_message(exc)
+        return _error(ServeError(400, message, param=param))
+
+    def authorize(request: Request) -> None:
+        if api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        token = given[7:] if given.lower().startswith("bearer ") else ""
+        if not hmac.compare_digest(token.encode(), api_key.encode()):
+            raise ServeError(401, "invalid or missing API key", "authentication_error", "invalid_api_key")
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "tasks": len(predictor.registry.names())}
+
+    @app.get("/v1/models", dependencies=[Depends(authorize)])
+    async def models() -> dict:
+        data = [{"id": n, "object": "model", "created": 0, "owned_by": "softprompt"}
+                for n in predictor.registry.names()]
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/prompts", dependencies=[Depends(authorize)])
+    async def register(body: P.RegisterPromptRequest) -> dict:
+        try:
+            await asyncio.to_thread(predictor.registry.register, body.name, body.path)
+        except TaskUnavailableError as exc:
+            raise ServeError(400, str(exc), param="path") from None
+        return {"id": body.name, "object": "model", "created": 0, "owned_by": "softprompt"}
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
+    async def chat(body: P.ChatCompletionRequest):
+        messages = [m.model_dump() for m in body.messages]
+        tools = json.dumps(body.tools) if body.tools else None
+        try:
+            ids = predictor.chat_ids(messages, tools)
+        except DataError as exc:
+            raise ServeError(400, str(exc), param="messages") from None
+        return await _answer(batcher, predictor, body, ids, chat=True)
+
+    @app.post("/v1/completions", dependencies=[Depends(authorize)])
+    async def complete(body: P.CompletionRequest):
+        return await _answer(batcher, predictor, body, predictor.text_ids(body.prompt), chat=False)
+
+    return app
+
+
+def _request(predictor: MultiTaskPredictor, body: P._Sampling, ids: list[int]) -> GenRequest:
+    max_tokens = body.max_completion_tokens or body.max_tokens or 256
+    params = SamplingParams(max_tokens, body.temperature, body.top_p, body.top_k, body.seed)
+    request = GenRequest(body.model, ids, params, body.stop_list())
+    try:
+        predictor.check(request)
+    except UnknownTaskError:
+        raise ServeError(404, f"the model (task) '{body.model}' does not exist; GET /v1/models lists them",
+                         code="model_not_found", param="model") from None
+    except TaskUnavailableError as exc:
+        raise ServeError(400, str(exc), param="model") from None
+    except ContextLengthError as exc:
+        raise ServeError(400, str(exc), code="context_length_exceeded", param="messages") from None
+    return request
+
+
+async def _answer(batcher: Batcher, predictor: MultiTaskPredictor, body: P._Sampling, ids: list[int], chat: bool):
+    request = await asyncio.to_thread(_request, predictor, body, ids)
+    if body.stream:
+        return StreamingResponse(_stream(batcher, request, body.model, chat), media_type="text/event-stream")
+    try:
+        job = batcher.submit(request)
+    except QueueFullError as exc:
+        raise ServeError(503, str(exc), "server_error", "overloaded") from None
+    result: Result = await batcher.result(job)
+    usage = P.Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+                    total_tokens=result.prompt_tokens + result.completion_tokens)
+    make = P.chat_response if chat else P.completion_response
+    return make(body.model, result.text, result.finish_reason, usage)
+
+
+def _stream(batcher: Batcher, request: GenRequest, model: str, chat: bool) -> AsyncIterator[str]:
+    """Server-sent events: one chunk per piece of final text, then the finish chunk and [DONE]."""
+    loop = asyncio.get_running_loop()
+    deltas: asyncio.Queue[str | None] = asyncio.Queue()
+    try:
+        job = batcher.submit(request, on_text=lambda d: loop.call_soon_threadsafe(deltas.put_nowait, d))
+    except QueueFullError as exc:
+        raise ServeError(503, str(exc), "server_error", "overloaded") from None
+    job.future.add_done_callback(lambda _: loop.call_soon_threadsafe(deltas.put_nowait, None))
+    cid = P.new_id("chatcmpl" if chat else "cmpl")
+
+    async def events() -> AsyncIterator[str]:
+        try:
+            if chat:
+                yield _sse(P.chat_chunk(cid, model, {"role": "assistant", "content": ""}))
+            while (delta := await deltas.get()) is not None:
+                chunk = P.chat_chunk(cid, model, {"content": delta}) if chat else P.completion_chunk(cid, model, delta)
+                yield _sse(chunk)
+            result: Result = job.future.result()
+            usage = P.Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+                            total_tokens=result.prompt_tokens + result.completion_tokens)
+            final = (P.chat_chunk(cid, model, {}, result.finish_reason, usage) if chat
+                     else P.completion_chunk(cid, model, "", result.finish_reason))
+            yield _sse(final)
+            yield "data: [DONE]\n\n"
+        except Exception as exc:  # the stream has begun: report in-band, OpenAI style
+            yield _sse(P.error_body(str(exc), "server_error"))
+        finally:
+            job.cancelled = True
+
+    return events()
+
+
+def _sse(obj: dict) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"

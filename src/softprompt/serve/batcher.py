@@ -1,0 +1,94 @@
+"""Collects concurrent requests into mixed-task batches on one worker thread.
+
+A request waits at most ``window_s`` for others to join (up to ``max_batch_size``); the queue
+is bounded, and a full queue refuses at once (the HTTP layer answers 503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from softprompt.multitask import MultiTaskPredictor, Request, Result
+
+log = logging.getLogger("softprompt")
+
+
+class QueueFullError(RuntimeError):
+    """Too many requests are waiting."""
+
+
+@dataclass
+class Job:
+    request: Request
+    future: Future = field(default_factory=Future)
+    on_text: Callable[[str], None] | None = None
+    cancelled: bool = False
+
+
+class Batcher:
+    def __init__(self, predictor: MultiTaskPredictor, max_batch_size: int = 8, window_s: float = 0.01,
+                 max_queue: int = 64):
+        self.predictor, self.max_batch_size, self.window_s = predictor, max_batch_size, window_s
+        self._queue: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="softprompt-batcher", daemon=True)
+        self.batches_run = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish the jobs already taken, then stop; queued jobs still run before the thread exits."""
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def submit(self, request: Request, on_text: Callable[[str], None] | None = None) -> Job:
+        job = Job(request, on_text=on_text)
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            raise QueueFullError(f"the server is busy: {self._queue.maxsize} requests are waiting") from None
+        return job
+
+    async def result(self, job: Job) -> Result:
+        return await asyncio.wrap_future(job.future)
+
+    def _collect(self) -> list[Job]:
+        try:
+            first = self._queue.get(timeout=0.1)
+        except queue.Empty:
+            return []
+        jobs, deadline = [first], time.monotonic() + self.window_s
+        while len(jobs) < self.max_batch_size:
+            left = deadline - time.monotonic()
+            try:
+                jobs.append(self._queue.get(timeout=max(left, 0)) if left > 0 else self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return [j for j in jobs if not j.cancelled and j.future.set_running_or_notify_cancel()]
+
+    def _loop(self) -> None:
+        while not (self._stop.is_set() and self._queue.empty()):
+            jobs = self._collect()
+            if not jobs:
+                continue
+            try:
+                results = self.predictor.run(
+                    [j.request for j in jobs],
+                    on_text=lambda i, delta: jobs[i].on_text(delta) if jobs[i].on_text else None,
+                )
+            except Exception as exc:  # one bad batch must not kill the server
+                log.exception("batch of %d failed", len(jobs))
+                for j in jobs:
+                    j.future.set_exception(exc)
+                continue
+            self.batches_run += 1
+            for j, r in zip(jobs, results):
+                j.future.set_result(r)
