@@ -213,3 +213,17 @@ def test_full_queue_answers_503_at_once_and_sigterm_finishes_in_flight(setup, ti
         assert "Traceback" not in server.proc.stdout.read()
     finally:
         server.close()
+
+
+def test_unsupported_adapter_type_is_refused_clearly(setup):
+    server, prompts, *_ = setup
+    (prompts / "a_lora").mkdir()
+    (prompts / "a_lora" / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "task_type": "CAUSAL_LM"}))
+    (prompts / "a_lora" / "adapter_model.safetensors").write_bytes(
+        (prompts / "task_a" / "adapter_model.safetensors").read_bytes())
+    try:
+        with pytest.raises(openai.BadRequestError) as e:
+            server.client().chat.completions.create(model="a_lora", messages=[{"role": "user", "content": "hi"}])
+        assert "peft_type 'LORA' is not supported" in e.value.body["message"]
+    finally:
+        shutil.rmtree(prompts / "a_lora")
