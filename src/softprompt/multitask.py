@@ -108,9 +108,10 @@ class MultiTaskPredictor:
                 f"({request.params.max_new_tokens}) = {total} exceeds the model's context of {self.max_context}"
             )
 
-    def run(self, requests: Sequence[Request],
-            on_text: Callable[[int, str], None] | None = None) -> list[Result]:
-        """Generate for all requests in one batch; ``on_text(i, delta)`` streams final text."""
+    def run(self, requests: Sequence[Request], on_text: Callable[[int, str], None] | None = None,
+            cancelled: Callable[[int], bool] | None = None) -> list[Result]:
+        """Generate for all requests in one batch; ``on_text(i, delta)`` streams final text and a
+        row for which ``cancelled(i)`` turns true (its client went away) stops early."""
         prefixes = [self.registry.prefix(r.task) for r in requests]
         streams = [
             _TextStream(self.lm.tokenizer, r.stop, (lambda d, i=i: on_text(i, d)) if on_text else None)
@@ -119,7 +120,7 @@ class MultiTaskPredictor:
         outputs = generate(
             self.lm.model, [r.prompt_ids for r in requests], prefixes, params=[r.params for r in requests],
             eos_token_ids=self.eos_token_ids, pad_token_id=self.lm.tokenizer.pad_token_id,
-            on_token=lambda row, tok: streams[row].push(tok),
+            on_token=lambda row, tok: streams[row].push(tok) or bool(cancelled and cancelled(row)),
         )
         results = []
         for r, ids, s in zip(requests, outputs, streams):

@@ -227,3 +227,18 @@ def test_unsupported_adapter_type_is_refused_clearly(setup):
         assert "peft_type 'LORA' is not supported" in e.value.body["message"]
     finally:
         shutil.rmtree(prompts / "a_lora")
+
+
+def test_huge_body_and_client_gone_mid_stream(setup):
+    server, *_ = setup
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    r = httpx.post(server.url + "/v1/chat/completions", content=b" " * (10 * 2**20), headers=headers)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    body = {"model": "task_a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 200, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, headers=headers) as resp:
+        for line in resp.iter_lines():
+            if line.startswith("data: ") and '"content"' in line:
+                break  # hang up after the first chunk
+    client = server.client()
+    answer = client.chat.completions.create(model="task_b", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+    assert answer.choices[0].message.content is not None

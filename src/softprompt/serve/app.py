@@ -47,7 +47,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 
 
 def create_app(predictor: MultiTaskPredictor, api_key: str | None = None, max_batch_size: int = 8,
-               batch_window_ms: float = 10.0, max_queue: int = 64) -> FastAPI:
+               batch_window_ms: float = 10.0, max_queue: int = 64, max_body_bytes: int = 1 << 20) -> FastAPI:
     batcher = Batcher(predictor, max_batch_size, batch_window_ms / 1000, max_queue)
 
     @asynccontextmanager
@@ -67,6 +67,14 @@ def create_app(predictor: MultiTaskPredictor, api_key: str | None = None, max_ba
     async def _invalid(_: Request, exc: RequestValidationError):
         message, param = _validation_message(exc)
         return _error(ServeError(400, message, param=param))
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > max_body_bytes:
+            return _error(ServeError(413, f"request body of {length} bytes is over the {max_body_bytes}-byte limit",
+                                     code="request_too_large"))
+        return await call_next(request)
 
     def authorize(request: Request) -> None:
         if api_key is None:

@@ -83,6 +83,7 @@ class Batcher:
                 results = self.predictor.run(
                     [j.request for j in jobs],
                     on_text=lambda i, delta: jobs[i].on_text(delta) if jobs[i].on_text else None,
+                    cancelled=lambda i: jobs[i].cancelled,
                 )
             except Exception as exc:  # one bad batch must not kill the server
                 log.exception("batch of %d failed", len(jobs))
