@@ -40,9 +40,7 @@ class Predictor:
         with torch.no_grad():
             prefix = prefix_of(lm.model, self.adapter)
         self.prefix = prefix.detach() if prefix is not None else None
-        tok = lm.tokenizer
-        eos = {tok.eos_token_id} | _as_set(lm.model.generation_config.eos_token_id)
-        self.eos_token_ids = sorted(i for i in eos if i is not None)
+        self.eos_token_ids = lm.eos_token_ids
 
     @classmethod
     def load(cls, model_name_or_path: str, adapter_dir: str | None = None, template: str | None = None,
@@ -98,9 +96,3 @@ def _split_last_answer(conv: Conversation) -> tuple[list[dict], str]:
     if msgs and msgs[-1]["role"] in ("assistant", "function"):
         return msgs[:-1], msgs[-1]["content"]
     return msgs, ""
-
-
-def _as_set(value) -> set:
-    if value is None:
-        return set()
-    return set(value) if isinstance(value, (list, tuple, set)) else {value}

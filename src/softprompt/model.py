@@ -44,6 +44,14 @@ class LoadedModel:
     """What the user asked for (alias, path); written as base_model_name_or_path."""
     gguf: GGUFSource | None = None
 
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """Every id that ends an answer: the tokenizer's EOS and the generation config's."""
+        ids = {self.tokenizer.eos_token_id}
+        extra = self.model.generation_config.eos_token_id
+        ids |= set(extra) if isinstance(extra, (list, tuple)) else {extra}
+        return sorted(i for i in ids if i is not None)
+
 
 def resolve_gguf_alias(name: str) -> GGUFSource:
     """Locate the GGUF file of an alias inside its PyPI package, without importing the package."""

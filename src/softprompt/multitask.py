@@ -78,11 +78,7 @@ class MultiTaskPredictor:
                  template: str | None = None):
         self.lm, self.template = lm, template
         self.registry = PromptRegistry(lm.model, lm.name, prompts_dir, int(max_prefix_cache_mb * 2**20))
-        tok = lm.tokenizer
-        eos = {tok.eos_token_id}
-        gen_eos = lm.model.generation_config.eos_token_id
-        eos |= set(gen_eos) if isinstance(gen_eos, (list, tuple)) else {gen_eos}
-        self.eos_token_ids = sorted(i for i in eos if i is not None)
+        self.eos_token_ids = lm.eos_token_ids
         self.max_context = int(getattr(lm.model.config.get_text_config(), "max_position_embeddings", 2048))
 
     @classmethod
