@@ -10,11 +10,12 @@ import argparse
 import ast
 import dataclasses
 import inspect
+import logging
 import textwrap
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 
@@ -79,7 +80,7 @@ class DataArgs:
 
 @dataclass
 class MethodArgs:
-    finetuning_type: Literal["prompt_tuning"] = "prompt_tuning"
+    finetuning_type: Literal["prompt_tuning", "p_tuning", "prefix_tuning"] = "prompt_tuning"
     """Training method."""
     num_virtual_tokens: int | None = None
     """Length of the soft prompt (default 20, or the token count of prompt_tuning_init_text)."""
@@ -87,9 +88,49 @@ class MethodArgs:
     """Initialisation: 'random', 'sample_vocab', 'text', or 'module:function' (a hook called as
     fn(num_virtual_tokens, embedding_weight, tokenizer) -> tensor (num_virtual_tokens, hidden))."""
     prompt_tuning_init_text: str | None = None
-    """Text whose token embeddings start the prompt (tiled or cut to num_virtual_tokens); implies init 'text'."""
+    """Text whose token embeddings start the prompt (tiled or cut to num_virtual_tokens); implies init 'text'.
+    With prefix_tuning: the text's per-layer K/V (a prefill of the frozen model) start the prefix."""
+    encoder_reparameterization_type: Literal["MLP", "LSTM"] = "MLP"
+    """p_tuning: the prompt encoder, an MLP (3 linear layers) or a bidirectional LSTM plus an MLP head."""
+    encoder_hidden_size: int | None = None
+    """p_tuning, prefix_tuning: hidden size of the prompt encoder / prefix projection (default: PEFT's,
+    the model's hidden size; for prefix_tuning the K/V width, n_kv_heads * head_dim)."""
+    encoder_num_layers: int = 2
+    """p_tuning with LSTM: number of LSTM layers (PEFT's MLP always has 3 linear layers)."""
+    encoder_dropout: float = 0.0
+    """p_tuning with LSTM: dropout between the LSTM layers."""
+    prefix_projection: bool = False
+    """prefix_tuning: produce the per-layer K/V through a 2-layer tanh MLP instead of training them directly."""
+
+    # which finetuning_type reads each field; a field set away from its default for another type is
+    # ignored with a one-line warning. Fields not listed here are not checked.
+    USED_BY: ClassVar[dict[str, tuple[str, ...]]] = {
+        "num_virtual_tokens": ("prompt_tuning", "p_tuning", "prefix_tuning"),
+        "prompt_tuning_init": ("prompt_tuning", "prefix_tuning"),
+        "prompt_tuning_init_text": ("prompt_tuning", "prefix_tuning"),
+        "encoder_reparameterization_type": ("p_tuning",),
+        "encoder_hidden_size": ("p_tuning", "prefix_tuning"),
+        "encoder_num_layers": ("p_tuning",),
+        "encoder_dropout": ("p_tuning",),
+        "prefix_projection": ("prefix_tuning",),
+    }
+
+    def ignore_unused(self) -> list[str]:
+        """Reset each field the chosen method does not read (and that differs from its default) to
+        its default, warning once per field; returns their names."""
+        ignored = []
+        for f in dataclasses.fields(self):
+            users = self.USED_BY.get(f.name)
+            if users is None or self.finetuning_type in users or getattr(self, f.name) == f.default:
+                continue
+            logging.getLogger("softprompt").warning(
+                "--%s does not apply to --finetuning_type %s; ignored", f.name, self.finetuning_type)
+            setattr(self, f.name, f.default)
+            ignored.append(f.name)
+        return ignored
 
     def __post_init__(self) -> None:
+        self.ignore_unused()
         if self.prompt_tuning_init_text is not None and self.prompt_tuning_init == "random":
             self.prompt_tuning_init = "text"
         init = self.prompt_tuning_init
@@ -101,6 +142,18 @@ class MethodArgs:
             raise ArgumentError("--prompt_tuning_init text needs --prompt_tuning_init_text")
         if self.num_virtual_tokens is not None and self.num_virtual_tokens < 1:
             raise ArgumentError(f"--num_virtual_tokens must be at least 1, got {self.num_virtual_tokens}")
+        if self.encoder_hidden_size is not None and self.encoder_hidden_size < 1:
+            raise ArgumentError(f"--encoder_hidden_size must be at least 1, got {self.encoder_hidden_size}")
+        if self.encoder_num_layers < 1:
+            raise ArgumentError(f"--encoder_num_layers must be at least 1, got {self.encoder_num_layers}")
+        if not 0 <= self.encoder_dropout < 1:
+            raise ArgumentError(f"--encoder_dropout must be in [0, 1), got {self.encoder_dropout}")
+        if self.finetuning_type == "prefix_tuning" and init not in ("random", "sample_vocab", "text"):
+            raise ArgumentError(f"--prompt_tuning_init {init} is for prompt_tuning; prefix_tuning takes "
+                                "random, sample_vocab or text")
+        if self.finetuning_type == "prefix_tuning" and self.prefix_projection and init != "random":
+            raise ArgumentError(f"--prompt_tuning_init {init} sets the prefix K/V directly, which "
+                                "--prefix_projection cannot: drop one of them")
 
 
 @dataclass
@@ -363,7 +416,7 @@ class ChatArgs:
 
 
 @dataclass
-class EvalArgs:
+class TaskArgs:
     task: Literal["classification", "generation", "loss"] = "loss"
     """What to measure: 'classification' (label words scored by log-likelihood: accuracy, macro-F1),
     'generation' (generate, then exact match, ROUGE-L, BLEU-4) or 'loss' (mean loss, perplexity)."""
@@ -371,6 +424,18 @@ class EvalArgs:
     """Classification labels, comma-separated (default: the distinct answers of the data)."""
     label_score: Literal["sum", "mean"] = "sum"
     """How a label of several tokens is scored: the sum or the mean of its tokens' log-likelihoods."""
+
+    def __post_init__(self) -> None:
+        if self.label_words is not None and len(self.labels()) < 2:
+            raise ArgumentError(f"--label_words needs at least two comma-separated words, got {self.label_words!r}")
+
+    def labels(self) -> list[str]:
+        """The --label_words as a list (empty when unset)."""
+        return [w.strip() for w in (self.label_words or "").split(",") if w.strip()]
+
+
+@dataclass
+class EvalArgs:
     output_dir: str = "output/eval"
     """Where eval_results.json, eval_results.md (and eval_predictions.jsonl) are written."""
     per_device_eval_batch_size: int = 8
@@ -381,12 +446,16 @@ class EvalArgs:
     def __post_init__(self) -> None:
         if self.per_device_eval_batch_size < 1:
             raise ArgumentError(f"--per_device_eval_batch_size must be at least 1, got {self.per_device_eval_batch_size}")
-        if self.label_words is not None and len(self.labels()) < 2:
-            raise ArgumentError(f"--label_words needs at least two comma-separated words, got {self.label_words!r}")
 
-    def labels(self) -> list[str]:
-        """The --label_words as a list (empty when unset)."""
-        return [w.strip() for w in (self.label_words or "").split(",") if w.strip()]
+
+@dataclass
+class SweepArgs:
+    max_new_tokens: int = 64
+    """With --task generation: the most tokens generated per validation answer (greedy)."""
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ArgumentError(f"--max_new_tokens must be at least 1, got {self.max_new_tokens}")
 
 
 @dataclass

@@ -75,8 +75,9 @@ def prefix_of(base: PreTrainedModel, adapter) -> PrefixKV | None:
         return None
     if hasattr(adapter, "prompt_embeds"):
         return build_prefix(base, adapter.prompt_embeds())
-    if hasattr(adapter, "prefix_kv"):
-        return adapter.prefix_kv()
+    if hasattr(adapter, "prefix_kv"):  # prefix tuning: its parameters are the K/V (kept fp32, cast to the base's dtype)
+        kv = adapter.prefix_kv()
+        return PrefixKV([k.to(base.dtype) for k in kv.keys], [v.to(base.dtype) for v in kv.values])
     return None
 
 

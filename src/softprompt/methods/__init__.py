@@ -1,7 +1,9 @@
 """Training methods, one file each, registered in ``METHODS`` by their ``finetuning_type``.
 
 A method's module is an ``nn.Module`` holding only the trainable parameters; it satisfies
-:class:`Adapter`. Prompt methods expose ``prompt_embeds()``; the engine turns that into a prefix KV.
+:class:`Adapter`. Prompt methods expose ``prompt_embeds()`` (prompt_tuning, p_tuning), which the
+engine turns into a prefix KV, or ``prefix_kv()`` (prefix_tuning), which is one. Arguments a
+method does not read are ignored with a warning by ``MethodArgs`` (its ``USED_BY`` table).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 from transformers import PreTrainedModel
 
 from softprompt.checkpoint import CheckpointError
-from softprompt.methods import prompt_tuning
+from softprompt.methods import p_tuning, prefix_tuning, prompt_tuning
 
 
 class Adapter(Protocol):
@@ -28,8 +30,16 @@ class Adapter(Protocol):
         """PEFT's adapter_config.json for this adapter."""
 
 
-METHODS: dict[str, ModuleType] = {"prompt_tuning": prompt_tuning}
-BY_PEFT_TYPE: dict[str, type] = {prompt_tuning.PEFT_TYPE: prompt_tuning.PromptTuning}
+METHODS: dict[str, ModuleType] = {
+    "prompt_tuning": prompt_tuning,
+    "p_tuning": p_tuning,
+    "prefix_tuning": prefix_tuning,
+}
+BY_PEFT_TYPE: dict[str, type] = {
+    prompt_tuning.PEFT_TYPE: prompt_tuning.PromptTuning,
+    p_tuning.PEFT_TYPE: p_tuning.PTuning,
+    prefix_tuning.PEFT_TYPE: prefix_tuning.PrefixTuning,
+}
 
 
 def adapter_from_checkpoint(config: dict[str, Any], state: dict[str, torch.Tensor], where: str):
@@ -48,7 +58,12 @@ def check_compatible(config: dict[str, Any], base: PreTrainedModel, base_name: s
     """Refuse an adapter trained for a base of another shape; warn when only the name differs."""
     hidden = base.config.get_text_config().hidden_size
     token_dim = config.get("token_dim")
-    if token_dim is not None and int(token_dim) != hidden:
+    incompatibility = getattr(BY_PEFT_TYPE.get(str(config.get("peft_type"))), "incompatibility", None)
+    if incompatibility is not None:  # the method knows its own shapes (prefix tuning: K/V width, layers)
+        reason = incompatibility(config, base)
+        if reason:
+            raise CheckpointError(f"{where}: {reason}; it was trained for {config.get('base_model_name_or_path')!r}")
+    elif token_dim is not None and int(token_dim) != hidden:
         raise CheckpointError(
             f"{where}: adapter token_dim {token_dim} does not match {base_name}'s hidden size {hidden}; "
             f"it was trained for {config.get('base_model_name_or_path')!r}"
