@@ -131,30 +131,49 @@ def cmd_serve(argv: list[str]) -> int:
 
 
 def cmd_eval(argv: list[str]) -> int:
-    from softprompt.config import EvalArgs
+    from softprompt.config import EvalArgs, TaskArgs
     from softprompt.evaluate import evaluate
     from softprompt.evaluate.run import markdown_table
 
-    (model_args, data_args, eval_args, gen), _ = parse_args(
-        argv, [ModelArgs, DataArgs, EvalArgs, GenerateArgs], "softprompt eval",
+    (model_args, data_args, task, eval_args, gen), _ = parse_args(
+        argv, [ModelArgs, DataArgs, TaskArgs, EvalArgs, GenerateArgs], "softprompt eval",
         "Evaluate the base model and/or adapters (comma-separated; 'none' = no adapter) on a dataset.",
     )
-    report = evaluate(model_args, data_args, eval_args, gen)
+    report = evaluate(model_args, data_args, task, eval_args, gen)
     print(markdown_table(report["task"], report["results"]), end="")
     print(f"wrote {eval_args.output_dir}/eval_results.json and eval_results.md")
     return 0
 
 
 def cmd_sweep(argv: list[str]) -> int:
-    from softprompt.sweep import sweep_main
+    from softprompt.sweep import parse_sweep, run_sweep, sweep_markdown
 
-    return sweep_main(argv)
+    plan = parse_sweep(argv)
+    report = run_sweep(plan)
+    print(sweep_markdown(report), end="")
+    print(f"wrote {plan.train.output_dir}/sweep_results.json, sweep_results.md and sweep.png")
+    return 0
 
 
 def cmd_inspect(argv: list[str]) -> int:
-    from softprompt.evaluate.inspection import inspect_main
+    import json
 
-    return inspect_main(argv)
+    from softprompt.config import InspectArgs
+    from softprompt.evaluate.inspection import describe_adapter, format_report, inspect_adapter
+    from softprompt.model import load_model
+
+    if argv and not argv[0].startswith("-") and not argv[0].endswith((".yaml", ".yml")):
+        argv = ["--adapter_name_or_path", argv[0], *argv[1:]]  # softprompt inspect ADAPTER
+    (model_args, args), ns = parse_args(argv, [ModelArgs, InspectArgs], "softprompt inspect ADAPTER",
+                                        "Sizes, nearest vocabulary tokens and norms of a soft prompt.")
+    if not model_args.adapter_name_or_path:
+        raise ArgumentError("name the adapter folder: softprompt inspect ADAPTER")
+    base = model_args.model_name_or_path  # default: the base model the adapter was trained for
+    if "model_name_or_path" not in vars(ns):
+        base = describe_adapter(model_args.adapter_name_or_path)["base_model_name_or_path"] or base
+    info = inspect_adapter(model_args.adapter_name_or_path, load_model(base, model_args.cache_dir), args.top_k)
+    print(json.dumps(info, indent=2, ensure_ascii=False) if args.json else format_report(info).rstrip("\n"))
+    return 0
 
 
 COMMANDS = {"train": cmd_train, "chat": cmd_chat, "predict": cmd_predict, "serve": cmd_serve,

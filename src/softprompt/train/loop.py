@@ -30,6 +30,7 @@ from softprompt.data import collate, load_and_tokenize
 from softprompt.engine.forward import AdaptedLM, decoder_hidden, labelled_loss, prefix_of
 from softprompt.methods import METHODS, adapter_from_checkpoint
 from softprompt.model import LoadedModel, load_model
+from softprompt.train.health import Health, NonFiniteError, State, check_finite
 from softprompt.train.plot import plot_loss
 
 log = logging.getLogger("softprompt")
@@ -117,8 +118,12 @@ def evaluate_loss(model: AdaptedLM, loader: DataLoader, accelerator: Accelerator
     return float(stats[0] / stats[1].clamp(min=1))
 
 
-def _update(model, optimizer, scheduler, window, accelerator: Accelerator, args: TrainArgs, step: int):
-    """One optimizer update over a window of micro-batches: (mean loss, grad norm, lr used, real tokens)."""
+def _update(model, optimizer, scheduler, window, accelerator: Accelerator, args: TrainArgs, step: int,
+            health: Health):
+    """One optimizer update over a window of micro-batches: (mean loss, grad norm, lr used, real tokens).
+
+    Raises NonFiniteError, before touching the parameters, when the loss or gradient is not finite.
+    """
     n_local = sum(int((b["labels"][:, 1:] != -100).sum()) for _, b in window)
     n_global = float(accelerator.reduce(torch.tensor(float(n_local), device=accelerator.device), "sum"))
     scale = accelerator.num_processes / max(n_global, 1.0)  # DDP averages over processes
@@ -134,11 +139,8 @@ def _update(model, optimizer, scheduler, window, accelerator: Accelerator, args:
     loss = loss_total / max(n_local, 1)
     params = [p for p in model.parameters() if p.requires_grad]
     grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
-    if not (math.isfinite(loss) and math.isfinite(float(grad_norm))):
-        raise TrainingError(
-            f"step {step}: the loss or gradient became non-finite (loss={loss}); "
-            f"try a lower --learning_rate (now {args.learning_rate})"
-        )
+    check_finite(step, loss, float(grad_norm))
+    health.finite(step)
     if args.max_grad_norm > 0:
         accelerator.clip_grad_norm_(params, args.max_grad_norm)
     lr = scheduler.get_last_lr()[0]
@@ -168,10 +170,11 @@ class _Outputs:
             self.log_file.write(json.dumps(row) + "\n")
             self.log_file.flush()
 
-    def save_adapter(self, folder: Path | None = None) -> None:
+    def save_adapter(self, folder: Path | None = None, state: State | None = None) -> None:
+        """Write the adapter (or ``state``, a copy of its tensors) to ``folder`` or to output_dir."""
         if not self.main:
             return
-        state = self.adapter.adapter_state()
+        state = self.adapter.adapter_state() if state is None else state
         config = self.adapter.adapter_config(self.lm.name, self.lm.model)
         meta = {"softprompt_init": str(getattr(self.adapter, "init", ""))}
         if folder is None:
@@ -207,6 +210,9 @@ def train(model_args: ModelArgs, data_args: DataArgs, method_args: MethodArgs, a
     if data_args.dataset is None:
         raise ArgumentError("--dataset is required: name(s) from dataset_info.json in --dataset_dir")
     train_set, val_set = load_and_tokenize(data_args, lm.tokenizer, args.seed)
+    if (args.early_stopping_patience or args.load_best_model_at_end) and not val_set:
+        flag = "--early_stopping_patience" if args.early_stopping_patience else "--load_best_model_at_end"
+        raise ArgumentError(f"{flag} needs a validation split: set --val_size")
     adapter = _initial_adapter(lm, model_args, method_args, args.seed)
     model = AdaptedLM(lm.model, adapter)
     n_params = sum(p.numel() for p in adapter.parameters())
@@ -223,7 +229,15 @@ def train(model_args: ModelArgs, data_args: DataArgs, method_args: MethodArgs, a
     if val_loader is not None:
         val_loader = accelerator.prepare(val_loader)
     outputs = _Outputs(args, lm, adapter, accelerator, as_dict(model_args, data_args, method_args, args))
-    return _run(model, optimizer, scheduler, train_loader, val_loader, accelerator, args, total, outputs)
+    health = Health(adapter, args)
+    try:
+        return _run(model, optimizer, scheduler, train_loader, val_loader, accelerator, args, total, outputs, health)
+    except NonFiniteError as err:  # keep the last good adapter, then stop with one line
+        if health.last_good is not None:
+            outputs.save_adapter(state=health.last_good)
+        outputs.finish({"global_step": err.step, "stopped": "non-finite loss or gradient",
+                        "last_good_updates": health.last_good_updates if health.last_good is not None else None})
+        raise TrainingError(health.non_finite_message(err, str(outputs.dir))) from None
 
 
 def _initial_adapter(lm: LoadedModel, model_args: ModelArgs, method_args: MethodArgs, seed: int):
@@ -241,15 +255,30 @@ def _initial_adapter(lm: LoadedModel, model_args: ModelArgs, method_args: Method
     return adapter
 
 
-def _run(model, optimizer, scheduler, train_loader, val_loader, accelerator, args, total, outputs) -> TrainResult:
+def _validate(model, val_loader, accelerator, step: int, epoch: float, total: int, outputs, health: Health,
+              bar) -> tuple[float, bool]:
+    """Validation loss after ``step`` updates, logged; and whether early stopping says stop."""
+    eval_loss = evaluate_loss(model, val_loader, accelerator)
+    outputs.record({"current_steps": step, "total_steps": total, "eval_loss": round(eval_loss, 4),
+                    "epoch": round(epoch, 3)})
+    bar.write(f"step {step}/{total}  eval_loss {eval_loss:.4f}")
+    stop = health.evaluated(step, eval_loss)
+    if stop:
+        bar.write(f"early stopping at step {step}: no lower validation loss in {health.args.early_stopping_patience} "
+                  f"validations (best {health.best_loss:.4f} at step {health.best_step})")
+    return eval_loss, stop
+
+
+def _run(model, optimizer, scheduler, train_loader, val_loader, accelerator, args, total, outputs,
+         health: Health) -> TrainResult:
     start = last_log = time.time()
     stream = _micro_batches(train_loader)
     model.train()
-    pending, losses, tokens, eval_loss, step = [], [], 0, None, 0
+    pending, losses, tokens, eval_loss, step, stop = [], [], 0, None, 0, False
     bar = tqdm(total=total, desc="train", unit="step", disable=not accelerator.is_main_process)
     for step in range(1, total + 1):
         window = [next(stream) for _ in range(args.gradient_accumulation_steps)]
-        loss, grad_norm, lr, n_tok = _update(model, optimizer, scheduler, window, accelerator, args, step)
+        loss, grad_norm, lr, n_tok = _update(model, optimizer, scheduler, window, accelerator, args, step, health)
         losses.append(loss)
         pending.append(loss)
         tokens += n_tok
@@ -267,17 +296,30 @@ def _run(model, optimizer, scheduler, train_loader, val_loader, accelerator, arg
                       f"  grad_norm {grad_norm:.4f}  {tokens / max(now - last_log, 1e-9):.0f} tokens/s")
             pending, tokens, last_log = [], 0, now
         if val_loader is not None and ((args.eval_steps and step % args.eval_steps == 0) or step == total):
-            eval_loss = evaluate_loss(model, val_loader, accelerator)
-            outputs.record({"current_steps": step, "total_steps": total, "eval_loss": round(eval_loss, 4),
-                            "epoch": round(window[-1][0], 3)})
-            bar.write(f"step {step}/{total}  eval_loss {eval_loss:.4f}")
+            eval_loss, stop = _validate(model, val_loader, accelerator, step, window[-1][0], total, outputs, health,
+                                        bar)
+        if stop:
+            break
         if args.save_steps and step % args.save_steps == 0 and step != total:
             outputs.save_adapter(outputs.dir / f"checkpoint-{step}")
     bar.close()
-    outputs.save_adapter()
-    runtime = time.time() - start
+    return _finish(outputs, health, args, step, losses, eval_loss, time.time() - start)
+
+
+def _finish(outputs, health: Health, args: TrainArgs, step: int, losses: list[float], eval_loss: float | None,
+            runtime: float) -> TrainResult:
+    """Write the final (or, with --load_best_model_at_end, the best) adapter and train_results.json."""
     train_loss = sum(losses) / max(len(losses), 1)
-    result = {"global_step": step, "train_loss": round(train_loss, 4), "train_runtime": round(runtime, 2),
-              "eval_loss": None if eval_loss is None else round(eval_loss, 4)}
+    result = {"global_step": step, "train_loss": round(train_loss, 4),
+              "train_runtime": round(runtime, 2), "eval_loss": None if eval_loss is None else round(eval_loss, 4)}
+    if health.best_step:
+        result.update(best_step=health.best_step, best_eval_loss=round(health.best_loss, 4))
+    if args.load_best_model_at_end and health.best_state is not None:
+        log.info("--load_best_model_at_end: writing the adapter of step %d (validation loss %.4f)",
+                 health.best_step, health.best_loss)
+        outputs.save_adapter(state=health.best_state)
+        eval_loss = health.best_loss
+    else:
+        outputs.save_adapter()
     outputs.finish(result)
     return TrainResult(outputs.dir, step, train_loss, eval_loss, runtime, outputs.history)
