@@ -12,6 +12,11 @@ from tests.tiny import build_tiny
 
 SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
+# Tiny models gain nothing from threads, and on a shared 2-core machine thread contention made
+# the suite several times slower. Subprocesses the tests start inherit this too.
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:

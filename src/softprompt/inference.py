@@ -75,7 +75,7 @@ class Predictor:
         with open(tmp, "w", encoding="utf-8") as f, tqdm(total=len(conversations), desc="predict", unit="ex") as bar:
             for start in range(0, len(conversations), batch_size):
                 chunk = conversations[start:start + batch_size]
-                asks = [_split_last_answer(c) for c in chunk]
+                asks = [c.prompt_and_answer() for c in chunk]
                 prompts = [self.prompt_ids(msgs, c.system, c.tools) for c, (msgs, _) in zip(chunk, asks)]
                 for c, (msgs, label), ids in zip(chunk, asks, self.generate_ids(prompts, gen)):
                     row = {
@@ -88,11 +88,3 @@ class Predictor:
                 bar.update(len(chunk))
         tmp.replace(out_path)
         return rows
-
-
-def _split_last_answer(conv: Conversation) -> tuple[list[dict], str]:
-    """(the turns up to the last prompt, the reference answer or "")."""
-    msgs = list(conv.messages)
-    if msgs and msgs[-1]["role"] in ("assistant", "function"):
-        return msgs[:-1], msgs[-1]["content"]
-    return msgs, ""

@@ -44,6 +44,13 @@ class Conversation:
     origin: str = ""
     """Where the row came from (``data/foo.jsonl line 7``), for error messages."""
 
+    def prompt_and_answer(self) -> tuple[list[dict[str, str]], str]:
+        """(the turns up to the last prompt, the last answer or "" when the conversation has none)."""
+        msgs = list(self.messages)
+        if msgs and msgs[-1]["role"] in ANSWER_ROLES:
+            return msgs[:-1], msgs[-1]["content"]
+        return msgs, ""
+
 
 def check_turns(messages: list[dict[str, str]], origin: str, require_response: bool = True) -> None:
     """Raise DataError unless ``messages`` alternate prompt/answer roles, user first.

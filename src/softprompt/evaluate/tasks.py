@@ -27,10 +27,8 @@ Result = tuple[dict[str, Any], list[dict[str, Any]]]
 
 def split_answer(conv: Conversation) -> tuple[list[dict], str]:
     """(the turns up to the last prompt, the reference answer, stripped; "" when there is none)."""
-    msgs = list(conv.messages)
-    if msgs and msgs[-1]["role"] in ("assistant", "function"):
-        return msgs[:-1], msgs[-1]["content"].strip()
-    return msgs, ""
+    msgs, answer = conv.prompt_and_answer()
+    return msgs, answer.strip()
 
 
 def choose_labels(conversations: Sequence[Conversation], label_words: Sequence[str]) -> list[str]:
