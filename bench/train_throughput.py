@@ -64,29 +64,38 @@ LR = 1e-3
 # ----------------------------------------------------------------------------- arguments
 
 
+RUN_DEFAULTS = {"steps": 3, "repeats": 3, "warmup": 1}
+QUICK_DEFAULTS = {"steps": 2, "repeats": 2, "warmup": 1}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model_name_or_path", default=DEFAULT_MODEL)
+    p.add_argument("--model_name_or_path", default=DEFAULT_MODEL, help="ignored with --quick")
     p.add_argument("--num_virtual_tokens", default="100", help="one length, or a comma-separated sweep: 20,100")
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--seq_len", type=int, default=64, help="target input length (cutoff_len of the examples)")
-    p.add_argument("--steps", type=int, default=3, help="measured steps per method per repeat")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps per method before the repeats")
+    p.add_argument("--steps", type=int, help="measured steps per method per repeat (default 3; 2 with --quick)")
+    p.add_argument("--repeats", type=int, help="interleaved repeats (default 3; 2 with --quick)")
+    p.add_argument("--warmup", type=int, help="untimed steps per method before the repeats (default 1)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     p.add_argument("--dataset", default=None, help="default: alpaca_en_demo from ../shared/datasets, else demo_short_answers")
-    p.add_argument("--dataset_dir", default=None)
+    p.add_argument("--dataset_dir", default=None, help="relative paths are taken from the repository root")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's own choice)")
     p.add_argument("--out", default=None, help="output folder (default bench/results; output/bench_quick with --quick)")
     p.add_argument("--quick", action="store_true", help="a seconds-long smoke run on a tiny random model")
     args = p.parse_args(argv)
-    args.lengths = [int(x) for x in str(args.num_virtual_tokens).split(",") if x.strip()]
-    if args.quick:
-        args.steps, args.repeats, args.warmup = min(args.steps, 2), min(args.repeats, 2), min(args.warmup, 1)
+    for key, value in (QUICK_DEFAULTS if args.quick else RUN_DEFAULTS).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    try:
+        args.lengths = [int(x) for x in str(args.num_virtual_tokens).split(",") if x.strip()]
+    except ValueError:
+        p.error(f"--num_virtual_tokens must be integers separated by commas, got {args.num_virtual_tokens!r}")
+    if not args.lengths or min(args.lengths) < 1 or min(args.steps, args.repeats, args.batch_size) < 1 or args.warmup < 0:
+        p.error("--num_virtual_tokens, --steps, --repeats and --batch_size must be positive, --warmup not negative")
     args.out = Path(args.out or REPO / ("output/bench_quick" if args.quick else "bench/results"))
     args.dataset, args.dataset_dir = default_dataset(args.dataset, args.dataset_dir)
-    if min(args.lengths) < 1 or args.steps < 1 or args.repeats < 1 or args.batch_size < 1:
-        p.error("--num_virtual_tokens, --steps, --repeats and --batch_size must be positive")
     return args
 
 
@@ -259,6 +268,7 @@ def parity(trainers: dict[str, Trainer], batch: dict[str, torch.Tensor], dtype: 
         "loss_rel_diff": loss_rel, "loss_rel_tol": LOSS_RTOL[dtype],
         "grad_max_rel_diff": grad_rel, "grad_rel_tol": GRAD_RTOL[dtype],
         "ok": loss_rel < LOSS_RTOL[dtype] and grad_rel < GRAD_RTOL[dtype],
+        "prompt_dtype": {name: str(t.weight.dtype).removeprefix("torch.") for name, t in trainers.items()},
     }
 
 
@@ -359,6 +369,21 @@ def data_stats(measured: list[dict]) -> dict:
     }
 
 
+def noise_warnings(report: dict) -> list[str]:
+    """Signs that other work competed with the benchmark: a high load average, a wide ratio spread."""
+    env, out = report["environment"], []
+    load, threads = env.get("loadavg_1m_at_end"), env["torch_threads"]
+    if env["device_type"] == "cpu" and load is not None and load > threads + 0.75:
+        out.append(f"1-minute load average {load} at the end, above the benchmark's {threads} thread(s): other "
+                   "processes competed for the CPU, so the numbers are low and noisy; rerun on a quiet machine")
+    for r in report["results"]:
+        lo, hi = r["per_repeat_speedup_min"], r["per_repeat_speedup_max"]
+        if hi > 1.15 * lo:
+            out.append(f"{r['num_virtual_tokens']} virtual tokens: per-repeat speedups range {lo:.2f}-{hi:.2f}, "
+                       "so the machine was noisy during this setting")
+    return out
+
+
 def md_row(report: dict, r: dict) -> str:
     s = report["settings"]
     med = r["median_tokens_per_s"]
@@ -377,6 +402,7 @@ def markdown(report: dict) -> str:
         f"{d['mean_real_tokens_per_row']:.1f} real tokens per row on average. {report['timestamp']}.", "",
         MD_HEADER, *(md_row(report, r) for r in report["results"]), "",
         "Reproduce:", "", "```sh", report["command"], "```", "",
+        *(f"**Warning:** {w}\n" for w in report["warnings"]),
     ]
     mem = [r for r in report["results"] if r["memory"]]
     for r in mem:
@@ -404,6 +430,11 @@ def print_table(report: dict) -> None:
                   f"softprompt {m['softprompt']['step_bytes'] / 2**20:.0f}")
 
 
+def print_warnings(report: dict) -> None:
+    for w in report["warnings"]:
+        print(f"WARNING: {w}")
+
+
 def write_outputs(report: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name, text in (("train_throughput.json", json.dumps(report, indent=2) + "\n"),
@@ -426,6 +457,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.getLogger("softprompt").setLevel(logging.ERROR)  # truncation at seq_len is intended here
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # raised inside PEFT
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     start, load_at_start = time.perf_counter(), _loadavg()
     with tempfile.TemporaryDirectory() as tmp:
@@ -453,7 +486,9 @@ def main(argv: list[str] | None = None) -> dict:
         "data": data_stats(batches[args.warmup :]),
         "results": results,
     }
+    report["warnings"] = noise_warnings(report)
     print_table(report)
+    print_warnings(report)
     write_outputs(report, args.out)
     return report
 
