@@ -21,6 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from softprompt.checkpoint import CheckpointError
 from softprompt.config import MethodArgs
+from softprompt.methods.prompt_tuning import peft_prompt_config, saved_prompt
 
 PEFT_TYPE = "P_TUNING"
 STATE_KEY = "prompt_embeddings"
@@ -89,37 +90,19 @@ class PTuning(nn.Module):
 
     def adapter_config(self, base_model_name_or_path: str, base: PreTrainedModel) -> dict[str, Any]:
         """PEFT's ``PromptEncoderConfig`` fields, ``inference_mode`` true as PEFT writes it."""
-        cfg = base.config.get_text_config()
         return {
-            "peft_type": PEFT_TYPE,
-            "task_type": "CAUSAL_LM",
-            "base_model_name_or_path": base_model_name_or_path,
-            "num_virtual_tokens": self.num_virtual_tokens,
-            "token_dim": self.token_dim,
-            "num_transformer_submodules": 1,
-            "num_attention_heads": cfg.num_attention_heads,
-            "num_layers": cfg.num_hidden_layers,
+            **peft_prompt_config(PEFT_TYPE, base_model_name_or_path, base, self.num_virtual_tokens, self.token_dim),
             "encoder_reparameterization_type": self.encoder_type,
             "encoder_hidden_size": self.hidden_size,
             "encoder_num_layers": self.num_layers,
             "encoder_dropout": self.dropout,
-            "inference_mode": True,
-            "auto_mapping": None,
-            "modules_to_save": None,
-            "revision": None,
         }
 
     @classmethod
     def from_checkpoint(cls, config: dict[str, Any], state: dict[str, torch.Tensor], where: str) -> PTuning:
         """The saved encoded prompt, as an encoder-less (inference-mode) module."""
-        if STATE_KEY not in state:
-            raise CheckpointError(f"{where}: no '{STATE_KEY}' tensor in adapter_model.safetensors")
-        weight = state[STATE_KEY]
-        n = int(config.get("num_virtual_tokens", weight.shape[0]))
-        if int(config.get("num_transformer_submodules") or 1) != 1:
-            raise CheckpointError(f"{where}: num_transformer_submodules must be 1 for a causal LM")
-        if weight.ndim != 2 or weight.shape[0] != n:
-            raise CheckpointError(f"{where}: '{STATE_KEY}' has shape {tuple(weight.shape)}, expected ({n}, token_dim)")
+        weight = saved_prompt(config, state, where)
+        n = weight.shape[0]
         encoder_type = str(config.get("encoder_reparameterization_type") or "MLP").upper()
         if encoder_type not in ENCODER_TYPES:
             raise CheckpointError(f"{where}: encoder_reparameterization_type {encoder_type!r} is not MLP or LSTM")

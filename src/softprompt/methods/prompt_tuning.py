@@ -45,40 +45,55 @@ class PromptTuning(nn.Module):
         """PEFT's ``PromptTuningConfig`` fields. The init is recorded as RANDOM on PEFT's side
         (it only matters when PEFT creates a prompt, and TEXT would make PEFT fetch a tokenizer);
         softprompt records its own init in the safetensors metadata."""
-        cfg = base.config.get_text_config()
         return {
-            "peft_type": PEFT_TYPE,
-            "task_type": "CAUSAL_LM",
-            "base_model_name_or_path": base_model_name_or_path,
-            "num_virtual_tokens": self.num_virtual_tokens,
-            "token_dim": self.embedding.weight.shape[1],
-            "num_transformer_submodules": 1,
-            "num_attention_heads": cfg.num_attention_heads,
-            "num_layers": cfg.num_hidden_layers,
+            **peft_prompt_config(PEFT_TYPE, base_model_name_or_path, base, self.num_virtual_tokens,
+                                 self.embedding.weight.shape[1]),
             "prompt_tuning_init": "RANDOM",
             "prompt_tuning_init_text": None,
             "tokenizer_name_or_path": None,
             "tokenizer_kwargs": None,
-            "inference_mode": True,
-            "auto_mapping": None,
-            "modules_to_save": None,
-            "revision": None,
         }
 
     @classmethod
     def from_checkpoint(cls, config: dict[str, Any], state: dict[str, torch.Tensor], where: str) -> PromptTuning:
-        if STATE_KEY not in state:
-            raise CheckpointError(f"{where}: no '{STATE_KEY}' tensor in adapter_model.safetensors")
-        weight = state[STATE_KEY]
-        n = int(config.get("num_virtual_tokens", weight.shape[0]))
-        if int(config.get("num_transformer_submodules") or 1) != 1:
-            raise CheckpointError(f"{where}: num_transformer_submodules must be 1 for a causal LM")
-        if weight.ndim != 2 or weight.shape[0] != n:
-            raise CheckpointError(f"{where}: '{STATE_KEY}' has shape {tuple(weight.shape)}, expected ({n}, token_dim)")
-        module = cls(n, weight.shape[1])
+        weight = saved_prompt(config, state, where)
+        module = cls(weight.shape[0], weight.shape[1])
         with torch.no_grad():
             module.embedding.weight.copy_(weight)
         return module
+
+
+def peft_prompt_config(peft_type: str, base_model_name_or_path: str, base: PreTrainedModel,
+                       num_virtual_tokens: int, token_dim: int) -> dict[str, Any]:
+    """The fields every PEFT prompt-learning adapter_config.json has (causal LM, inference mode)."""
+    cfg = base.config.get_text_config()
+    return {
+        "peft_type": peft_type,
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model_name_or_path,
+        "num_virtual_tokens": num_virtual_tokens,
+        "token_dim": token_dim,
+        "num_transformer_submodules": 1,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_layers": cfg.num_hidden_layers,
+        "inference_mode": True,
+        "auto_mapping": None,
+        "modules_to_save": None,
+        "revision": None,
+    }
+
+
+def saved_prompt(config: dict[str, Any], state: dict[str, torch.Tensor], where: str) -> torch.Tensor:
+    """The ``prompt_embeddings`` tensor (L, d) of a prompt checkpoint, checked against its config."""
+    if STATE_KEY not in state:
+        raise CheckpointError(f"{where}: no '{STATE_KEY}' tensor in adapter_model.safetensors")
+    weight = state[STATE_KEY]
+    n = int(config.get("num_virtual_tokens", weight.shape[0]))
+    if int(config.get("num_transformer_submodules") or 1) != 1:
+        raise CheckpointError(f"{where}: num_transformer_submodules must be 1 for a causal LM")
+    if weight.ndim != 2 or weight.shape[0] != n:
+        raise CheckpointError(f"{where}: '{STATE_KEY}' has shape {tuple(weight.shape)}, expected ({n}, token_dim)")
+    return weight
 
 
 def initial_prompt(
