@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from softprompt.engine.forward import AdaptedLM
 from softprompt.methods.p_tuning import PTuning
-from tests.parity.test_prompt_tuning_parity import IGNORE, right_padded_batch
+from tests.parity.test_prompt_tuning_parity import backward_both_and_compare_loss
 
 
 @pytest.mark.parametrize("encoder_type,hidden", [("MLP", None), ("MLP", 24), ("LSTM", 16)])
@@ -26,15 +26,7 @@ def test_loss_and_grad_match_peft(tiny_dir, encoder_type, hidden):
     ours.load_state_dict(theirs.state_dict())  # same parameter names and shapes as PEFT's PromptEncoder
     model = AdaptedLM(base.requires_grad_(False), ours)
 
-    ids, mask, labels = right_padded_batch(base.config.vocab_size, [9, 14, 5, 11], [3, 6, 1, 7])
-    peft_loss = peft_model(input_ids=ids, attention_mask=mask, labels=labels).loss
-    peft_loss.backward()
-    loss_sum, n = model(ids, mask, labels)
-    loss = loss_sum / n
-    loss.backward()
-
-    assert n == int((labels[:, 1:] != IGNORE).sum())
-    torch.testing.assert_close(loss, peft_loss, rtol=1e-5, atol=0)
+    backward_both_and_compare_loss(peft_model, model, base.config.vocab_size)
     their_params = dict(theirs.named_parameters())
     for name, p in ours.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
