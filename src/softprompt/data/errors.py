@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 
@@ -27,3 +28,31 @@ def one_line(text: str, limit: int = 200) -> str:
     """``text`` squeezed onto one line and cut to ``limit`` characters (for quoting in messages)."""
     flat = " ".join(str(text).split())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def json_error(where: str, exc: ValueError | RecursionError, line: int | None = None) -> DataError:
+    """A one-line DataError for text at ``where`` that ``json.loads`` refused.
+
+    ``line`` is the line of the file when only that line was parsed (.jsonl). Besides syntax
+    errors, ``json.loads`` raises ValueError for integers of more than 4300 digits and
+    RecursionError for nesting deeper than Python's stack.
+    """
+    if isinstance(exc, json.JSONDecodeError):
+        return DataError(f"{where} line {line or exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})")
+    where = f"{where} line {line}" if line else where
+    if isinstance(exc, RecursionError):
+        return DataError(f"{where}: JSON nested too deeply to read")
+    return DataError(f"{where}: JSON softprompt cannot read ({one_line(str(exc), 120)})")
+
+
+def decode_utf8(raw: bytes, where: str) -> str:
+    """``raw`` decoded as UTF-8 (a leading BOM dropped); a DataError naming the line and byte if it is not."""
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise DataError(f"{where} line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {column}); "
+                        "save the file as UTF-8") from None

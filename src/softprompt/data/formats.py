@@ -105,7 +105,7 @@ def _get_list(row: Row, key: str | None, what: str) -> list | None:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             raise DataError(f"{row.origin}: {key!r} must be {what} (or a JSON string of one), "
                             "got a string that is not JSON") from None
     if not isinstance(value, list):
@@ -136,8 +136,11 @@ def _alpaca(row: Row, cols: dict[str, str], require_response: bool) -> Conversat
 
 def _sharegpt(row: Row, cols: dict[str, str], tags: dict[str, str], require_response: bool) -> Conversation:
     turns = _get_list(row, cols["messages"], "a list of turns")
-    if not turns:
+    if turns is None:
         raise DataError(f"{row.origin}: missing {cols['messages']!r} (sharegpt rows need a list of turns)")
+    if not turns:
+        raise DataError(f"{row.origin}: {cols['messages']!r} is empty (sharegpt rows need at least a user "
+                        "and an assistant turn)")
     role_of = {tags["user_tag"]: "user", tags["assistant_tag"]: "assistant",
                tags["observation_tag"]: "observation", tags["function_tag"]: "function"}
     system = None
@@ -152,7 +155,7 @@ def _sharegpt(row: Row, cols: dict[str, str], tags: dict[str, str], require_resp
         if i == 0 and role == tags["system_tag"]:
             system = content
             continue
-        if role not in role_of:
+        if not isinstance(role, str) or role not in role_of:
             known = ", ".join(repr(t) for t in role_of)
             raise DataError(f"{where}: {tags['role_tag']!r} must be one of {known} "
                             f"(or {tags['system_tag']!r} first), got {role!r}")
@@ -169,7 +172,7 @@ def _get_tools(row: Row, key: str | None) -> str | None:
     if isinstance(value, str):
         try:
             empty = json.loads(value) in ([], {})
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             empty = False
         return None if empty or not value.strip() else value
     if isinstance(value, (list, dict)):

@@ -144,8 +144,8 @@ def _report(total: int, kept: int, n_empty: int, n_cut_away: int, n_truncated: i
         logger.warning("skipped %d of %d examples with no labelled token: %s",
                        n_empty + n_cut_away, total, "; ".join(reasons))
     if not kept:
-        raise DataError(f"no example has a labelled token left (of {total}); check the answers, "
-                        "--cutoff_len and --template")
+        raise DataError(f"no example has a labelled token left (of {total}) within {budget} tokens; check the "
+                        "answers, --cutoff_len (or --max_source_length/--max_target_length) and --template")
 
 
 def split_dataset(examples: Sequence[Any], val_size: float, seed: int = 42) -> tuple[list[Any], list[Any]]:

@@ -14,13 +14,14 @@ origin (``data/my_data.jsonl line 7``) so that later errors can name it.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError, one_line, type_name
+from .errors import DataError, decode_utf8, json_error, one_line, type_name
 
 SUPPORTED_EXTENSIONS = (".json", ".jsonl", ".csv", ".parquet")
 ALPACA_COLUMNS = {
@@ -67,12 +68,11 @@ def read_dataset_info(dataset_dir: str | Path) -> dict[str, Any]:
     path = Path(dataset_dir) / "dataset_info.json"
     if not path.is_file():
         raise DataError(f"{path}: not found; --dataset_dir must hold a LLaMA-Factory dataset_info.json")
+    text = decode_utf8(path.read_bytes(), str(path))
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not UTF-8 text") from None
+        info = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise json_error(str(path), exc) from None
     if not isinstance(info, dict):
         raise DataError(f"{path}: expected an object mapping dataset names to entries, got {type_name(info)}")
     return info
@@ -158,10 +158,7 @@ def read_rows(path: Path) -> list[Row]:
         return _read_csv(path)
     if suffix == ".parquet":
         return _read_parquet(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not UTF-8 text") from None
+    text = decode_utf8(path.read_bytes(), str(path))
     if text.lstrip().startswith("["):
         return _read_json_array(path, text)
     return _read_json_lines(path, text)
@@ -176,8 +173,8 @@ def _as_row(obj: Any, origin: str) -> Row:
 def _read_json_array(path: Path, text: str) -> list[Row]:
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except (ValueError, RecursionError) as exc:
+        raise json_error(str(path), exc) from None
     return [_as_row(obj, f"{path} index {i}") for i, obj in enumerate(data)]
 
 
@@ -188,11 +185,11 @@ def _read_json_lines(path: Path, text: str) -> list[Row]:
             continue
         try:
             obj = json.loads(line)
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:
             try:  # one object spanning lines: say so rather than blame line 1
                 whole = json.loads(text)
-            except json.JSONDecodeError:
-                raise DataError(f"{path} line {lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+            except (ValueError, RecursionError):
+                raise json_error(str(path), exc, lineno) from None
             raise DataError(
                 f"{path}: expected a JSON array of objects or one object per line, got one {type_name(whole)} "
                 "spanning several lines"
@@ -203,15 +200,14 @@ def _read_json_lines(path: Path, text: str) -> list[Row]:
 
 def _read_csv(path: Path) -> list[Row]:
     rows = []
+    text = decode_utf8(path.read_bytes(), str(path))
     try:
-        with path.open(newline="", encoding="utf-8") as fh:
+        with io.StringIO(text, newline="") as fh:
             reader = csv.DictReader(fh)
             for i, rec in enumerate(reader):
                 if None in rec:
                     raise DataError(f"{path} row {i}: more fields than the header's {len(reader.fieldnames or [])}")
                 rows.append(Row({k: v for k, v in rec.items() if v is not None}, f"{path} row {i}"))
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not UTF-8 text") from None
     except csv.Error as exc:
         raise DataError(f"{path}: not valid CSV ({one_line(exc)})") from None
     return rows

@@ -96,7 +96,7 @@ def _tool_list(tools: str) -> list[dict] | None:
     """``tools`` (a JSON string) as the list of schemas ``apply_chat_template`` takes, or None."""
     try:
         value = json.loads(tools)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         return None
     if isinstance(value, dict):
         value = [value]
