@@ -114,3 +114,31 @@ def load_adapter(folder: str | Path) -> tuple[dict[str, Any], dict[str, torch.Te
     # PEFT may prefix keys with the adapter name or "base_model.model."; keep the last part.
     state = {k.split(".")[-1] if k.endswith("prompt_embeddings") else k: v for k, v in state.items()}
     return config, state, metadata
+
+
+def save_model_folder(folder: str | Path, write) -> Path:
+    """A whole model folder (full / freeze fine-tuning): ``write(tmp)`` fills a temporary folder
+    beside ``folder``, which is then renamed to ``folder``, or, when ``folder`` already exists
+    (the run's output_dir, holding its logs), whose files are each renamed into it."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o777 & ~_umask())
+        if not folder.exists():
+            os.replace(tmp, folder)
+            return folder
+        for item in sorted(tmp.iterdir()):
+            os.replace(item, folder / item.name)
+        tmp.rmdir()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def is_model_folder(path: str | Path) -> bool:
+    """A transformers model folder (what full / freeze training writes), not a PEFT adapter."""
+    path = Path(path)
+    return path.is_dir() and (path / "config.json").is_file() and not (path / CONFIG_NAME).is_file()

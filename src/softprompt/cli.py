@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download at run time
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -40,16 +41,26 @@ def _setup_logging() -> None:
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    # peft still calls transformers' old gradient-checkpointing names; nothing a user can act on
+    warnings.filterwarnings("ignore", message=".*deprecated and will be removed in v6", category=FutureWarning)
 
 
 def cmd_train(argv: list[str]) -> int:
+    from softprompt.launch import is_main_process, launched, pop_nproc, relaunch
+
+    nproc, argv = pop_nproc(argv)
     (model_args, data_args, method_args, train_args), _ = parse_args(
         argv, [ModelArgs, DataArgs, MethodArgs, TrainArgs], "softprompt train",
-        "Train an adapter on a frozen causal LM; arguments as in LLaMA-Factory.",
+        "Train an adapter on a frozen causal LM; arguments as in LLaMA-Factory. "
+        "--nproc_per_node N trains in N processes on this machine (data parallel, as torchrun does).",
     )
+    if nproc > 1 and not launched():
+        return relaunch("train", argv, nproc)
     from softprompt.train import train
 
     result = train(model_args, data_args, method_args, train_args)
+    if not is_main_process():
+        return 0
     print(f"saved {result.output_dir} after {result.global_step} steps: train loss {result.train_loss:.4f}"
           + (f", validation loss {result.eval_loss:.4f}" if result.eval_loss is not None else "")
           + f" ({result.runtime_s:.0f} s)")
@@ -205,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     except user_errors() as exc:
         if debug:
             raise
-        print(f"softprompt {command}: error: {exc}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # one line, not one per training process
+            print(f"softprompt {command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"softprompt {command}: interrupted", file=sys.stderr)

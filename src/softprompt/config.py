@@ -11,6 +11,7 @@ import ast
 import dataclasses
 import inspect
 import logging
+import math
 import textwrap
 import typing
 from dataclasses import dataclass, field
@@ -80,8 +81,9 @@ class DataArgs:
 
 @dataclass
 class MethodArgs:
-    finetuning_type: Literal["prompt_tuning", "p_tuning", "prefix_tuning"] = "prompt_tuning"
-    """Training method."""
+    finetuning_type: Literal["prompt_tuning", "p_tuning", "prefix_tuning", "lora", "freeze", "full"] = "prompt_tuning"
+    """Training method: a prompt method (prompt_tuning, p_tuning, prefix_tuning), LoRA (through peft), freeze
+    (only some layers train) or full (every weight trains)."""
     num_virtual_tokens: int | None = None
     """Length of the soft prompt (default 20, or the token count of prompt_tuning_init_text)."""
     prompt_tuning_init: str = "random"
@@ -101,6 +103,26 @@ class MethodArgs:
     """p_tuning with LSTM: dropout between the LSTM layers."""
     prefix_projection: bool = False
     """prefix_tuning: produce the per-layer K/V through a 2-layer tanh MLP instead of training them directly."""
+    lora_rank: int = 8
+    """lora: rank r of the update B @ A."""
+    lora_alpha: int | None = None
+    """lora: scale numerator; the update is multiplied by lora_alpha / lora_rank (default: 2 * lora_rank)."""
+    lora_dropout: float = 0.0
+    """lora: dropout on the LoRA branch's input."""
+    lora_target: str = "all"
+    """lora: 'all' (every linear layer but the LM head) or comma-separated module names (e.g. q_proj,v_proj)."""
+    additional_target: str | None = None
+    """lora: comma-separated modules trained in full and saved beside the adapter (PEFT's modules_to_save)."""
+    use_rslora: bool = False
+    """lora: rank-stabilised scaling, lora_alpha / sqrt(lora_rank)."""
+    use_dora: bool = False
+    """lora: weight-decomposed LoRA (DoRA)."""
+    freeze_trainable_layers: int = 2
+    """freeze: how many decoder layers train: n > 0 the last n, n < 0 the first |n|."""
+    freeze_trainable_modules: str = "all"
+    """freeze: inside those layers, 'all' or comma-separated module names (e.g. mlp,self_attn)."""
+    freeze_extra_modules: str | None = None
+    """freeze: comma-separated modules outside the decoder layers that train too (e.g. embed_tokens,norm)."""
 
     # which finetuning_type reads each field; a field set away from its default for another type is
     # ignored with a one-line warning. Fields not listed here are not checked.
@@ -113,6 +135,10 @@ class MethodArgs:
         "encoder_num_layers": ("p_tuning",),
         "encoder_dropout": ("p_tuning",),
         "prefix_projection": ("prefix_tuning",),
+        **{name: ("lora",) for name in ("lora_rank", "lora_alpha", "lora_dropout", "lora_target",
+                                        "additional_target", "use_rslora", "use_dora")},
+        **{name: ("freeze",) for name in ("freeze_trainable_layers", "freeze_trainable_modules",
+                                          "freeze_extra_modules")},
     }
 
     def ignore_unused(self) -> list[str]:
@@ -148,6 +174,17 @@ class MethodArgs:
             raise ArgumentError(f"--encoder_num_layers must be at least 1, got {self.encoder_num_layers}")
         if not 0 <= self.encoder_dropout < 1:
             raise ArgumentError(f"--encoder_dropout must be in [0, 1), got {self.encoder_dropout}")
+        if self.lora_rank < 1:
+            raise ArgumentError(f"--lora_rank must be at least 1, got {self.lora_rank}")
+        if self.lora_alpha is not None and self.lora_alpha <= 0:
+            raise ArgumentError(f"--lora_alpha must be positive, got {self.lora_alpha}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ArgumentError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if not self.lora_target.strip(" ,"):
+            raise ArgumentError("--lora_target must be 'all' or module names, got an empty value")
+        if self.freeze_trainable_layers == 0:
+            raise ArgumentError("--freeze_trainable_layers must not be 0: n > 0 trains the last n layers, "
+                                "n < 0 the first |n|")
         if self.finetuning_type == "prefix_tuning" and init not in ("random", "sample_vocab", "text"):
             raise ArgumentError(f"--prompt_tuning_init {init} is for prompt_tuning; prefix_tuning takes "
                                 "random, sample_vocab or text")
@@ -216,6 +253,9 @@ class TrainArgs:
     """Stop after this many validations in a row without a lower validation loss (needs val_size and eval_steps)."""
     load_best_model_at_end: bool = False
     """Write the adapter of the lowest validation loss to output_dir at the end, not the last one (needs val_size)."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward pass instead of keeping them: less memory,
+    about a third more compute. Works with every method, prefix tuning included."""
 
     def __post_init__(self) -> None:
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
@@ -231,6 +271,15 @@ class TrainArgs:
             raise ArgumentError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.logging_steps < 1:
             raise ArgumentError(f"--logging_steps must be at least 1, got {self.logging_steps}")
+        for name, low, note in (("warmup_steps", 0, ""), ("save_steps", 0, " (0 disables)"),
+                                ("save_total_limit", 1, ""), ("eval_steps", 1, ""), ("weight_decay", 0, ""),
+                                ("max_grad_norm", 0, " (0 disables clipping)"), ("adam_epsilon", 0, "")):
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise ArgumentError(f"--{name} must be at least {low}{note}, got {value:g}")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ArgumentError(f"--{name} must be in [0, 1), got {getattr(self, name):g}")
         if self.fp16 and self.bf16:
             raise ArgumentError("--fp16 and --bf16 are exclusive: pick one")
         if self.early_stopping_patience is not None:
@@ -310,10 +359,15 @@ def _converter(tp: Any, name: str):
     def conv(text: Any) -> Any:
         if text is None:
             return None
+        if tp is int and isinstance(text, float) and not text.is_integer():  # YAML 2.5 is not an int
+            raise ArgumentError(f"--{name} expects int, got {text!r}")
         try:
-            return tp(text)
+            value = tp(text)
         except (TypeError, ValueError):
             raise ArgumentError(f"--{name} expects {tp.__name__}, got {text!r}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ArgumentError(f"--{name} must be a finite number, got {value}")
+        return value
 
     return conv
 
@@ -324,7 +378,7 @@ def _resolved_fields(cls: type) -> list[tuple[dataclasses.Field, Any]]:
 
 
 def build_parser(prog: str, description: str, classes: list[type]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
+    parser = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False, exit_on_error=False)
     parser.add_argument("config", nargs="?", help="a YAML file of arguments (flags given too override it)")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     for cls in classes:
@@ -342,6 +396,24 @@ def build_parser(prog: str, description: str, classes: list[type]) -> argparse.A
     return parser
 
 
+def _attach_negative_values(argv: list[str]) -> list[str]:
+    """``--flag -1e-3`` as ``--flag=-1e-3``: argparse reads a value that starts with '-' as an option
+    unless it looks like a plain negative integer or decimal, so the range check never saw it."""
+    out: list[str] = []
+    for arg in argv:
+        prev = out[-1] if out else ""
+        if arg.startswith("-") and prev.startswith("--") and "=" not in prev:
+            try:
+                float(arg)
+            except ValueError:
+                pass
+            else:
+                out[-1] = f"{prev}={arg}"
+                continue
+        out.append(arg)
+    return out
+
+
 def parse_args(
     argv: list[str], classes: list[type], prog: str = "softprompt", description: str = ""
 ) -> tuple[list[Any], argparse.Namespace]:
@@ -350,7 +422,10 @@ def parse_args(
     Unknown keys in the YAML or unknown flags are an ArgumentError naming them.
     """
     parser = build_parser(prog, description, classes)
-    ns, unknown = parser.parse_known_args(argv)
+    try:
+        ns, unknown = parser.parse_known_args(_attach_negative_values(argv))
+    except argparse.ArgumentError as exc:  # one line, not argparse's usage block
+        raise ArgumentError(f"{exc} (see `{prog} --help`)") from None
     if unknown:
         raise ArgumentError(f"unknown argument {unknown[0]!r} (see `{prog} --help`)")
     values: dict[str, Any] = {}

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import logging
 from collections.abc import Sequence
@@ -13,12 +15,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from softprompt.checkpoint import load_adapter
+from softprompt.checkpoint import is_model_folder, load_adapter
 from softprompt.config import GenerateArgs
 from softprompt.data import Conversation, encode_prompt, render_prompt
 from softprompt.engine.forward import prefix_of
 from softprompt.engine.generate import generate
-from softprompt.methods import adapter_from_checkpoint, check_compatible
+from softprompt.methods import PROMPT_PEFT_TYPES, adapter_from_checkpoint, check_compatible
 from softprompt.model import LoadedModel, load_model
 
 log = logging.getLogger("softprompt")
@@ -27,16 +29,27 @@ log = logging.getLogger("softprompt")
 class Predictor:
     """A frozen base model plus an optional adapter, ready to answer.
 
-    The adapter's prefix K/V is computed once here and shared by every request and row.
+    A prompt adapter's prefix K/V is computed once here and shared by every request and row. A
+    LoRA adapter goes into the base model (into a copy of it when ``shared_base``: others use
+    ``lm`` too); a model folder written by full / freeze training replaces the base.
     """
 
-    def __init__(self, lm: LoadedModel, adapter_dir: str | None = None, template: str | None = None):
+    def __init__(self, lm: LoadedModel, adapter_dir: str | None = None, template: str | None = None,
+                 shared_base: bool = True):
         self.lm, self.template = lm, template
         self.adapter = None
-        if adapter_dir:
+        if adapter_dir and is_model_folder(adapter_dir):
+            log.info("%s is a model folder (full / freeze fine-tuning): answering with it", adapter_dir)
+            self.lm = load_model(str(adapter_dir))
+        elif adapter_dir:
             config, state, _ = load_adapter(adapter_dir)
-            self.adapter = adapter_from_checkpoint(config, state, str(adapter_dir))
             check_compatible(config, lm.model, lm.name, str(adapter_dir))
+            base = lm.model
+            if config.get("peft_type") not in PROMPT_PEFT_TYPES and shared_base:
+                base = copy.deepcopy(lm.model)
+            self.adapter = adapter_from_checkpoint(config, state, str(adapter_dir), base=base)
+            self.lm = dataclasses.replace(lm, model=base)
+        lm = self.lm
         with torch.no_grad():
             prefix = prefix_of(lm.model, self.adapter)
         self.prefix = prefix.detach() if prefix is not None else None
@@ -45,7 +58,10 @@ class Predictor:
     @classmethod
     def load(cls, model_name_or_path: str, adapter_dir: str | None = None, template: str | None = None,
              cache_dir: str | None = None) -> Predictor:
-        return cls(load_model(model_name_or_path, cache_dir), adapter_dir, template)
+        if adapter_dir and is_model_folder(adapter_dir):
+            model_name_or_path, adapter_dir = adapter_dir, None
+            log.info("%s is a model folder (full / freeze fine-tuning): answering with it", model_name_or_path)
+        return cls(load_model(model_name_or_path, cache_dir), adapter_dir, template, shared_base=False)
 
     def prompt_ids(self, messages: Sequence[dict], system: str | None = None, tools: str | None = None) -> list[int]:
         return encode_prompt(self.lm.tokenizer, messages, system, tools, self.template)

@@ -10,10 +10,24 @@ prefixes with it (prefix tuning's text init) and the engine runs batches with it
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
+from transformers.cache_utils import DynamicLayer
+
+
+class SharedPrefixLayer(DynamicLayer):
+    """A cache layer holding a shared prefix that the new tokens attend to but never join.
+
+    ``update`` returns prefix + new K/V without storing them: a training or scoring pass keeps
+    nothing, and a gradient-checkpointed layer that replays its forward in the backward pass
+    sees the same prefix again (a growing cache would hand it prefix + rows).
+    """
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
 
 
 @dataclass
@@ -34,13 +48,22 @@ class PrefixKV:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
 
-    def expand(self, batch_size: int, config=None) -> DynamicCache:
-        """A cache holding this prefix for ``batch_size`` rows: ``expand`` views, no per-row compute."""
+    def expand(self, batch_size: int, config=None, read_only: bool = False) -> DynamicCache:
+        """A cache holding this prefix for ``batch_size`` rows: ``expand`` views, no per-row compute.
+
+        ``read_only``: the rows' K/V are not appended (:class:`SharedPrefixLayer`); for passes
+        that do not generate after the rows (training, scoring).
+        """
         data = [
             (k.expand(batch_size, -1, -1, -1), v.expand(batch_size, -1, -1, -1))  # (B, nkv, L, hs)
             for k, v in zip(self.keys, self.values)
         ]
-        return DynamicCache(ddp_cache_data=data, config=config)
+        cache = DynamicCache(ddp_cache_data=data, config=config)
+        if read_only:
+            for layer in cache.layers:
+                if type(layer) is DynamicLayer:  # sliding-window layers keep their own update
+                    layer.__class__ = SharedPrefixLayer
+        return cache
 
     def detach(self) -> PrefixKV:
         return PrefixKV([k.detach() for k in self.keys], [v.detach() for v in self.values])
@@ -53,12 +76,30 @@ def build_prefix(model: PreTrainedModel, prompt_embeds: torch.Tensor) -> PrefixK
     """
     L = prompt_embeds.shape[0]
     decoder = model.get_decoder()
+    with _not_checkpointed(decoder):  # the prompt is one short row; its replay would refill the cache
+        return _prefill(decoder, prompt_embeds, L, model.config)
+
+
+@contextlib.contextmanager
+def _not_checkpointed(module: torch.nn.Module):
+    """Turn gradient checkpointing off inside ``module`` for a while."""
+    layers = [m for m in module.modules() if getattr(m, "gradient_checkpointing", False) is True]
+    for m in layers:
+        m.gradient_checkpointing = False
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.gradient_checkpointing = True
+
+
+def _prefill(decoder, prompt_embeds: torch.Tensor, L: int, config) -> PrefixKV:
     embeds = prompt_embeds.unsqueeze(0).to(decoder.dtype if hasattr(decoder, "dtype") else prompt_embeds.dtype)
     out = decoder(
         inputs_embeds=embeds,  # (1, L, d)
         attention_mask=torch.ones(1, L, dtype=torch.long, device=embeds.device),
         position_ids=torch.arange(L, device=embeds.device).unsqueeze(0),
-        past_key_values=DynamicCache(config=model.config),
+        past_key_values=DynamicCache(config=config),
         use_cache=True,
     )
     cache = out.past_key_values

@@ -13,13 +13,14 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from softprompt.config import DEFAULT_MODEL
+from softprompt.checkpoint import is_model_folder
+from softprompt.config import DEFAULT_MODEL, ModelArgs
 
 log = logging.getLogger("softprompt")
 
@@ -149,3 +150,13 @@ def load_model(name_or_path: str, cache_dir: str | None = None, dtype: torch.dty
     model.eval()
     model.requires_grad_(False)
     return LoadedModel(model=model, tokenizer=tokenizer, name=name_or_path, gguf=gguf)
+
+
+def model_folder_as_base(model_args: ModelArgs) -> ModelArgs:
+    """``--adapter_name_or_path`` naming a whole model folder (what full / freeze training writes)
+    means: use that model as the base, with no adapter."""
+    path = model_args.adapter_name_or_path
+    if not path or not is_model_folder(path):
+        return model_args
+    log.info("%s is a model folder (full / freeze fine-tuning), not an adapter: loading it as the model", path)
+    return replace(model_args, model_name_or_path=str(path), adapter_name_or_path=None)

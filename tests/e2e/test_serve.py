@@ -224,7 +224,7 @@ def test_unsupported_adapter_type_is_refused_clearly(setup):
     try:
         with pytest.raises(openai.BadRequestError) as e:
             server.client().chat.completions.create(model="a_lora", messages=[{"role": "user", "content": "hi"}])
-        assert "peft_type 'LORA' is not supported" in e.value.body["message"]
+        assert "a LORA adapter changes the base model's weights" in e.value.body["message"]
     finally:
         shutil.rmtree(prompts / "a_lora")
 

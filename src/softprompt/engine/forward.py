@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from softprompt.engine.prefix import PrefixKV, build_prefix
 
@@ -37,7 +38,7 @@ def decoder_hidden(
         cache, full_mask, offset = None, attention_mask, 0
     else:
         offset = prefix.length
-        cache = prefix.expand(B, model.config)
+        cache = prefix.expand(B, model.config, read_only=not return_cache)
         ones = torch.ones(B, offset, dtype=attention_mask.dtype, device=attention_mask.device)
         full_mask = torch.cat([ones, attention_mask], dim=1)  # (B, L + T)
     out = model.get_decoder()(
@@ -45,11 +46,26 @@ def decoder_hidden(
         attention_mask=full_mask,
         position_ids=positions_after(attention_mask, offset),
         past_key_values=cache,
-        use_cache=cache is not None or return_cache,
+        use_cache=return_cache,  # a read-only prefix cache is read all the same
     )
     if return_cache:
         return out.last_hidden_state, out.past_key_values
     return out.last_hidden_state
+
+
+def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute each decoder layer in the backward pass (torch's non-reentrant checkpoint).
+
+    transformers drops ``past_key_values`` inside a checkpointed layer unless the layer only reads
+    its cache; the rows' prefix cache is read-only (:class:`~softprompt.kv.SharedPrefixLayer`),
+    so the layers may keep it, and a prefix (prompt, p-tuning or prefix tuning) still reaches
+    every layer. The prompt's own batch-1 pass is not checkpointed (``build_prefix``).
+    """
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable({"use_reentrant": False})
+    for module in model.modules():
+        if isinstance(module, GradientCheckpointingLayer):
+            module._can_checkpoint_with_cache = True
 
 
 def labelled_loss(model: PreTrainedModel, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -19,7 +19,7 @@ from transformers import PreTrainedModel
 from softprompt.checkpoint import CONFIG_NAME, CheckpointError, load_adapter
 from softprompt.engine.forward import prefix_of
 from softprompt.engine.prefix import PrefixKV
-from softprompt.methods import adapter_from_checkpoint, check_compatible
+from softprompt.methods import BY_PEFT_TYPE, PROMPT_PEFT_TYPES, adapter_from_checkpoint, check_compatible
 
 BASE_TASK = "base"
 
@@ -118,6 +118,11 @@ class PromptRegistry:
     def _compute(self, name: str, folder: Path, signature: tuple) -> PrefixKV | None:
         try:
             config, state, _ = load_adapter(folder)
+            if config.get("peft_type") in BY_PEFT_TYPE and config["peft_type"] not in PROMPT_PEFT_TYPES:
+                raise CheckpointError(f"{folder}: a {config['peft_type']} adapter changes the base model's weights, "
+                                      "so it cannot share a batch with other tasks; the server serves prompt "
+                                      f"adapters ({', '.join(PROMPT_PEFT_TYPES)}). Use `softprompt chat` or "
+                                      "`predict` for it")
             adapter = adapter_from_checkpoint(config, state, str(folder))
             check_compatible(config, self.base, self.base_name, str(folder))
         except CheckpointError as exc:

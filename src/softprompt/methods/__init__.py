@@ -2,8 +2,10 @@
 
 A method's module is an ``nn.Module`` holding only the trainable parameters; it satisfies
 :class:`Adapter`. Prompt methods expose ``prompt_embeds()`` (prompt_tuning, p_tuning), which the
-engine turns into a prefix KV, or ``prefix_kv()`` (prefix_tuning), which is one. Arguments a
-method does not read are ignored with a warning by ``MethodArgs`` (its ``USED_BY`` table).
+engine turns into a prefix KV, or ``prefix_kv()`` (prefix_tuning), which is one. Weight methods
+(lora, freeze, full) change the base model itself (``MODIFIES_BASE``) and add no prefix; freeze and
+full save a whole model folder (``writes_model_folder``). Arguments a method does not read are
+ignored with a warning by ``MethodArgs`` (its ``USED_BY`` table).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 from transformers import PreTrainedModel
 
 from softprompt.checkpoint import CheckpointError
-from softprompt.methods import p_tuning, prefix_tuning, prompt_tuning
+from softprompt.methods import freeze, full, lora, p_tuning, prefix_tuning, prompt_tuning
 
 
 class Adapter(Protocol):
@@ -34,16 +36,24 @@ METHODS: dict[str, ModuleType] = {
     "prompt_tuning": prompt_tuning,
     "p_tuning": p_tuning,
     "prefix_tuning": prefix_tuning,
+    "lora": lora,
+    "freeze": freeze,
+    "full": full,
 }
 BY_PEFT_TYPE: dict[str, type] = {
     prompt_tuning.PEFT_TYPE: prompt_tuning.PromptTuning,
     p_tuning.PEFT_TYPE: p_tuning.PTuning,
     prefix_tuning.PEFT_TYPE: prefix_tuning.PrefixTuning,
+    lora.PEFT_TYPE: lora.Lora,
 }
+PROMPT_PEFT_TYPES = (prompt_tuning.PEFT_TYPE, p_tuning.PEFT_TYPE, prefix_tuning.PEFT_TYPE)
+"""Adapters that are a prefix: the ones one base model can serve side by side in a batch."""
 
 
-def adapter_from_checkpoint(config: dict[str, Any], state: dict[str, torch.Tensor], where: str):
-    """Rebuild the adapter module a checkpoint holds (any supported ``peft_type``)."""
+def adapter_from_checkpoint(config: dict[str, Any], state: dict[str, torch.Tensor], where: str,
+                            base: PreTrainedModel | None = None, trainable: bool = False):
+    """Rebuild the adapter module a checkpoint holds (any supported ``peft_type``). A LoRA adapter
+    is put into ``base`` in place (``trainable`` to train it further)."""
     peft_type = str(config.get("peft_type", ""))
     if peft_type not in BY_PEFT_TYPE:
         raise CheckpointError(
@@ -51,6 +61,8 @@ def adapter_from_checkpoint(config: dict[str, Any], state: dict[str, torch.Tenso
         )
     if config.get("task_type") not in (None, "CAUSAL_LM"):
         raise CheckpointError(f"{where}: task_type {config.get('task_type')!r}; softprompt serves CAUSAL_LM adapters")
+    if peft_type not in PROMPT_PEFT_TYPES:
+        return BY_PEFT_TYPE[peft_type].from_checkpoint(config, state, where, base=base, trainable=trainable)
     return BY_PEFT_TYPE[peft_type].from_checkpoint(config, state, where)
 
 

@@ -27,9 +27,10 @@ from transformers import get_scheduler
 from softprompt.checkpoint import load_adapter, save_checkpoint_folder, write_adapter_files
 from softprompt.config import ArgumentError, DataArgs, MethodArgs, ModelArgs, TrainArgs, as_dict
 from softprompt.data import collate, load_and_tokenize
-from softprompt.engine.forward import AdaptedLM, decoder_hidden, labelled_loss, prefix_of
+from softprompt.engine.forward import (AdaptedLM, decoder_hidden, enable_gradient_checkpointing, labelled_loss,
+                                      prefix_of)
 from softprompt.methods import METHODS, adapter_from_checkpoint
-from softprompt.model import LoadedModel, load_model
+from softprompt.model import LoadedModel, load_model, model_folder_as_base
 from softprompt.train.health import Health, NonFiniteError, State, check_finite
 from softprompt.train.plot import plot_loss
 
@@ -136,7 +137,9 @@ def _update(model, optimizer, scheduler, window, accelerator: Accelerator, args:
             accelerator.backward(loss_sum * scale)
         loss_total += float(loss_sum.detach())
         tokens += int(batch["attention_mask"].sum())
-    loss = loss_total / max(n_local, 1)
+    # Log what the update optimized: the loss over every process's tokens, and all their real tokens.
+    totals = accelerator.reduce(torch.tensor([loss_total, float(tokens)], device=accelerator.device), "sum")
+    loss, tokens = float(totals[0]) / max(n_global, 1.0), int(totals[1])
     params = [p for p in model.parameters() if p.requires_grad]
     grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
     check_finite(step, loss, float(grad_norm))
@@ -157,6 +160,9 @@ class _Outputs:
         self.dir, self.args, self.lm, self.adapter = Path(args.output_dir), args, lm, adapter
         self.main = accelerator.is_main_process
         self.history: list[dict] = []
+        self.sizes: dict[str, int] = {}
+        self.train_tokens, self.update_seconds = 0, 0.0
+        """Real (non-padding) tokens trained on, and the seconds spent in updates (validation excluded)."""
         if self.main:
             if self.dir.exists():
                 shutil.rmtree(self.dir)  # --overwrite_output_dir was checked before anything was loaded
@@ -173,6 +179,11 @@ class _Outputs:
     def save_adapter(self, folder: Path | None = None, state: State | None = None) -> None:
         """Write the adapter (or ``state``, a copy of its tensors) to ``folder`` or to output_dir."""
         if not self.main:
+            return
+        if getattr(self.adapter, "writes_model_folder", False):  # freeze / full: a whole model folder
+            self.adapter.save_model_folder(folder or self.dir, state)
+            if folder is not None:
+                self._rotate()
             return
         state = self.adapter.adapter_state() if state is None else state
         config = self.adapter.adapter_config(self.lm.name, self.lm.model)
@@ -203,9 +214,14 @@ class _Outputs:
 def train(model_args: ModelArgs, data_args: DataArgs, method_args: MethodArgs, args: TrainArgs) -> TrainResult:
     """Train an adapter as the arguments say and write it to ``args.output_dir`` in PEFT's format."""
     check_output_dir(args)
+    model_args = model_folder_as_base(model_args)
     torch.manual_seed(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    accelerator = Accelerator(mixed_precision=choose_precision(args, device))
+    # cpu=True: under torchrun / `accelerate launch --multi_gpu` on a machine without CUDA, Accelerate
+    # only sets up its gloo process group (MULTI_CPU) when told it runs on the CPU.
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=choose_precision(args, device))
+    if not accelerator.is_main_process:
+        log.setLevel(logging.WARNING)  # rank 0 reports; the others only warn
     lm = load_model(model_args.model_name_or_path, model_args.cache_dir)
     if data_args.dataset is None:
         raise ArgumentError("--dataset is required: name(s) from dataset_info.json in --dataset_dir")
@@ -215,11 +231,13 @@ def train(model_args: ModelArgs, data_args: DataArgs, method_args: MethodArgs, a
         raise ArgumentError(f"{flag} needs a validation split: set --val_size")
     adapter = _initial_adapter(lm, model_args, method_args, args.seed)
     model = AdaptedLM(lm.model, adapter)
-    n_params = sum(p.numel() for p in adapter.parameters())
-    log.info("%s: %d trainable parameters (%.4f%% of %s); %d train / %d validation examples",
-             method_args.finetuning_type, n_params, 100 * n_params / lm.model.num_parameters(), lm.name,
-             len(train_set), len(val_set))
-    optimizer = torch.optim.AdamW(adapter.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+    if args.gradient_checkpointing:
+        enable_gradient_checkpointing(lm.model)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # the adapter's, or the base's own (lora, ...)
+    n_params, n_all = sum(p.numel() for p in trainable), sum(p.numel() for p in model.parameters())
+    log.info("%s: %d trainable parameters (%.4f%% of %d); %d train / %d validation examples",
+             method_args.finetuning_type, n_params, 100 * n_params / n_all, n_all, len(train_set), len(val_set))
+    optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                                   eps=args.adam_epsilon, weight_decay=args.weight_decay)
     train_loader, val_loader = _loaders(train_set, val_set, args, lm.tokenizer.pad_token_id)
     total = _total_updates(args, len(train_loader))
@@ -228,7 +246,9 @@ def train(model_args: ModelArgs, data_args: DataArgs, method_args: MethodArgs, a
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     if val_loader is not None:
         val_loader = accelerator.prepare(val_loader)
+    accelerator.wait_for_everyone()  # every process checked output_dir before rank 0 replaces it
     outputs = _Outputs(args, lm, adapter, accelerator, as_dict(model_args, data_args, method_args, args))
+    outputs.sizes = {"trainable_params": n_params, "all_params": n_all}
     health = Health(adapter, args)
     try:
         return _run(model, optimizer, scheduler, train_loader, val_loader, accelerator, args, total, outputs, health)
@@ -247,7 +267,7 @@ def _initial_adapter(lm: LoadedModel, model_args: ModelArgs, method_args: Method
             lm.model, lm.tokenizer, method_args, torch.Generator().manual_seed(seed)
         )
     config, state, _ = load_adapter(model_args.adapter_name_or_path)
-    adapter = adapter_from_checkpoint(config, state, model_args.adapter_name_or_path)
+    adapter = adapter_from_checkpoint(config, state, model_args.adapter_name_or_path, base=lm.model, trainable=True)
     if getattr(METHODS[method_args.finetuning_type], "PEFT_TYPE", None) != adapter.peft_type:
         raise ArgumentError(f"--adapter_name_or_path {model_args.adapter_name_or_path} holds a {adapter.peft_type} "
                             f"adapter; --finetuning_type {method_args.finetuning_type} cannot continue it")
@@ -276,9 +296,14 @@ def _run(model, optimizer, scheduler, train_loader, val_loader, accelerator, arg
     model.train()
     pending, losses, tokens, eval_loss, step, stop = [], [], 0, None, 0, False
     bar = tqdm(total=total, desc="train", unit="step", disable=not accelerator.is_main_process)
+    if not accelerator.is_main_process:
+        bar.write = lambda *_, **__: None  # tqdm.write prints even when the bar is disabled; rank 0 reports
     for step in range(1, total + 1):
         window = [next(stream) for _ in range(args.gradient_accumulation_steps)]
+        update_start = time.time()
         loss, grad_norm, lr, n_tok = _update(model, optimizer, scheduler, window, accelerator, args, step, health)
+        outputs.train_tokens += n_tok
+        outputs.update_seconds += time.time() - update_start
         losses.append(loss)
         pending.append(loss)
         tokens += n_tok
@@ -311,7 +336,11 @@ def _finish(outputs, health: Health, args: TrainArgs, step: int, losses: list[fl
     """Write the final (or, with --load_best_model_at_end, the best) adapter and train_results.json."""
     train_loss = sum(losses) / max(len(losses), 1)
     result = {"global_step": step, "train_loss": round(train_loss, 4),
-              "train_runtime": round(runtime, 2), "eval_loss": None if eval_loss is None else round(eval_loss, 4)}
+              "train_runtime": round(runtime, 2), "eval_loss": None if eval_loss is None else round(eval_loss, 4),
+              **outputs.sizes, "train_tokens": outputs.train_tokens,
+              "train_tokens_per_second": round(outputs.train_tokens / max(outputs.update_seconds, 1e-9), 1)}
+    if torch.cuda.is_available():
+        result["peak_gpu_memory_bytes"] = torch.cuda.max_memory_allocated()
     if health.best_step:
         result.update(best_step=health.best_step, best_eval_loss=round(health.best_loss, 4))
     if args.load_best_model_at_end and health.best_state is not None:
