@@ -88,10 +88,16 @@ def read_adapter_config(folder: str | Path) -> dict[str, Any]:
     try:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+        raise CheckpointError(f"{path}: not valid JSON ({_squeeze(exc)})") from None
     if not isinstance(config, dict) or "peft_type" not in config:
         raise CheckpointError(f"{path}: expected a JSON object with a 'peft_type'")
     return config
+
+
+def _squeeze(exc: BaseException, limit: int = 160) -> str:
+    """An exception's message on one line, cut to ``limit`` characters."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def load_adapter(folder: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, str]]:
@@ -105,9 +111,15 @@ def load_adapter(folder: str | Path) -> tuple[dict[str, Any], dict[str, torch.Te
             with safe_open(str(weights), "pt") as f:
                 metadata = dict(f.metadata() or {})
         except (SafetensorError, OSError) as exc:
-            raise CheckpointError(f"{weights}: unreadable safetensors file ({exc})") from None
+            raise CheckpointError(f"{weights}: unreadable safetensors file ({_squeeze(exc)})") from None
     elif (folder / LEGACY_WEIGHTS_NAME).is_file():
-        state = torch.load(folder / LEGACY_WEIGHTS_NAME, map_location="cpu", weights_only=True)
+        legacy = folder / LEGACY_WEIGHTS_NAME
+        try:
+            state = torch.load(legacy, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises pickle, zip and runtime errors for a damaged file
+            raise CheckpointError(f"{legacy}: unreadable ({_squeeze(exc)})") from None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise CheckpointError(f"{legacy}: expected a state dict of tensors")
         metadata = {}
     else:
         raise CheckpointError(f"{folder}: no {WEIGHTS_NAME}")

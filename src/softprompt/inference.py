@@ -42,8 +42,8 @@ class Predictor:
             log.info("%s is a model folder (full / freeze fine-tuning): answering with it", adapter_dir)
             self.lm = load_model(str(adapter_dir))
         elif adapter_dir:
-            config, state, _ = load_adapter(adapter_dir)
-            check_compatible(config, lm.model, lm.name, str(adapter_dir))
+            config, state, meta = load_adapter(adapter_dir)
+            check_compatible(config, lm.model, lm.name, str(adapter_dir), meta)
             base = lm.model
             if config.get("peft_type") not in PROMPT_PEFT_TYPES and shared_base:
                 base = copy.deepcopy(lm.model)

@@ -117,14 +117,14 @@ class PromptRegistry:
 
     def _compute(self, name: str, folder: Path, signature: tuple) -> PrefixKV | None:
         try:
-            config, state, _ = load_adapter(folder)
+            config, state, meta = load_adapter(folder)
             if config.get("peft_type") in BY_PEFT_TYPE and config["peft_type"] not in PROMPT_PEFT_TYPES:
                 raise CheckpointError(f"{folder}: a {config['peft_type']} adapter changes the base model's weights, "
                                       "so it cannot share a batch with other tasks; the server serves prompt "
                                       f"adapters ({', '.join(PROMPT_PEFT_TYPES)}). Use `softprompt chat` or "
                                       "`predict` for it")
             adapter = adapter_from_checkpoint(config, state, str(folder))
-            check_compatible(config, self.base, self.base_name, str(folder))
+            check_compatible(config, self.base, self.base_name, str(folder), meta)
         except CheckpointError as exc:
             raise TaskUnavailableError(f"task {name!r}: {exc}") from None
         if _signature(folder) != signature:

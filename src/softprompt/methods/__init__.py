@@ -66,9 +66,25 @@ def adapter_from_checkpoint(config: dict[str, Any], state: dict[str, torch.Tenso
     return BY_PEFT_TYPE[peft_type].from_checkpoint(config, state, where)
 
 
-def check_compatible(config: dict[str, Any], base: PreTrainedModel, base_name: str, where: str) -> None:
-    """Refuse an adapter trained for a base of another shape; warn when only the name differs."""
+def base_metadata(base: PreTrainedModel) -> dict[str, str]:
+    """The base model's shape, written into an adapter's safetensors metadata (PEFT ignores it) so
+    that :func:`check_compatible` can refuse the adapter on a base of another shape."""
+    cfg = base.config.get_text_config()
+    return {"base_hidden_size": str(cfg.hidden_size), "base_vocab_size": str(base.get_input_embeddings().num_embeddings)}
+
+
+def check_compatible(config: dict[str, Any], base: PreTrainedModel, base_name: str, where: str,
+                     metadata: dict[str, str] | None = None) -> None:
+    """Refuse an adapter trained for a base of another shape (its config's dimensions, and the
+    hidden size / vocabulary recorded in ``metadata`` by softprompt); warn when only the name differs."""
     hidden = base.config.get_text_config().hidden_size
+    ours = base_metadata(base)
+    for key, what in (("base_hidden_size", "hidden size"), ("base_vocab_size", "vocabulary")):
+        theirs = (metadata or {}).get(key)
+        if theirs is not None and theirs != ours[key]:
+            raise CheckpointError(
+                f"{where}: it was trained for a base with a {what} of {theirs}, but {base_name} has a {what} of "
+                f"{ours[key]} (trained for {config.get('base_model_name_or_path')!r})")
     token_dim = config.get("token_dim")
     incompatibility = getattr(BY_PEFT_TYPE.get(str(config.get("peft_type"))), "incompatibility", None)
     if incompatibility is not None:  # the method knows its own shapes (prefix tuning: K/V width, layers)

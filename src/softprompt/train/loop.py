@@ -29,7 +29,7 @@ from softprompt.config import ArgumentError, DataArgs, MethodArgs, ModelArgs, Tr
 from softprompt.data import collate, load_and_tokenize
 from softprompt.engine.forward import (AdaptedLM, decoder_hidden, enable_gradient_checkpointing, labelled_loss,
                                       prefix_of)
-from softprompt.methods import METHODS, adapter_from_checkpoint
+from softprompt.methods import METHODS, adapter_from_checkpoint, base_metadata, check_compatible
 from softprompt.model import LoadedModel, load_model, model_folder_as_base
 from softprompt.train.health import Health, NonFiniteError, State, check_finite
 from softprompt.train.plot import plot_loss
@@ -187,7 +187,7 @@ class _Outputs:
             return
         state = self.adapter.adapter_state() if state is None else state
         config = self.adapter.adapter_config(self.lm.name, self.lm.model)
-        meta = {"softprompt_init": str(getattr(self.adapter, "init", ""))}
+        meta = {"softprompt_init": str(getattr(self.adapter, "init", "")), **base_metadata(self.lm.model)}
         if folder is None:
             write_adapter_files(self.dir, state, config, meta)
         else:
@@ -266,7 +266,8 @@ def _initial_adapter(lm: LoadedModel, model_args: ModelArgs, method_args: Method
         return METHODS[method_args.finetuning_type].create(
             lm.model, lm.tokenizer, method_args, torch.Generator().manual_seed(seed)
         )
-    config, state, _ = load_adapter(model_args.adapter_name_or_path)
+    config, state, meta = load_adapter(model_args.adapter_name_or_path)
+    check_compatible(config, lm.model, lm.name, model_args.adapter_name_or_path, meta)
     adapter = adapter_from_checkpoint(config, state, model_args.adapter_name_or_path, base=lm.model, trainable=True)
     if getattr(METHODS[method_args.finetuning_type], "PEFT_TYPE", None) != adapter.peft_type:
         raise ArgumentError(f"--adapter_name_or_path {model_args.adapter_name_or_path} holds a {adapter.peft_type} "
