@@ -30,6 +30,7 @@ commands:
   serve     an OpenAI-compatible server: one base model, one task per adapter folder
   eval      score the base model and/or adapters on a dataset: classification, generation or loss
   sweep     train one prompt per combination of lengths / inits / learning rates, compare them
+  compare   train several methods (prompt_tuning ... full) alike; a table, JSON and plot of their costs and scores
   inspect   what a soft prompt holds: sizes, nearest vocabulary tokens, norms
 
 `softprompt <command> --help` lists the arguments of a command."""
@@ -156,6 +157,16 @@ def cmd_eval(argv: list[str]) -> int:
     return 0
 
 
+def cmd_compare(argv: list[str]) -> int:
+    from softprompt.compare import compare_markdown, parse_compare, run_compare
+
+    plan = parse_compare(argv)
+    report = run_compare(plan)
+    print(compare_markdown(report), end="")
+    print(f"wrote {plan.train.output_dir}/compare.md, compare.json and compare.png")
+    return 0 if any("error" not in r for r in report["methods"]) else 1
+
+
 def cmd_sweep(argv: list[str]) -> int:
     from softprompt.sweep import parse_sweep, run_sweep, sweep_markdown
 
@@ -188,7 +199,7 @@ def cmd_inspect(argv: list[str]) -> int:
 
 
 COMMANDS = {"train": cmd_train, "chat": cmd_chat, "predict": cmd_predict, "serve": cmd_serve,
-            "eval": cmd_eval, "sweep": cmd_sweep, "inspect": cmd_inspect}
+            "eval": cmd_eval, "sweep": cmd_sweep, "compare": cmd_compare, "inspect": cmd_inspect}
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

@@ -534,6 +534,47 @@ class SweepArgs:
 
 
 @dataclass
+class CompareArgs:
+    methods: str = "prompt_tuning,p_tuning,prefix_tuning,lora,freeze,full"
+    """Methods to train and compare, comma-separated (each a --finetuning_type)."""
+    eval_dataset: str | None = None
+    """Dataset in dataset_dir each result is scored on with --task (e.g. sst2_dev with --task classification);
+    unset: the validation loss (--val_size) is the only quality figure."""
+    eval_max_samples: int | None = 200
+    """How many examples of eval_dataset are scored (the first ones; unset: all)."""
+    method_learning_rates: str = "lora=2e-4,freeze=5e-5,full=2e-5"
+    """Learning rates for some methods (method=rate, comma-separated) in place of --learning_rate: a soft prompt
+    wants ~1e-2, a full fine-tune ~1e-5. Empty: --learning_rate for all."""
+
+    def method_list(self) -> list[str]:
+        return [m.strip() for m in self.methods.split(",") if m.strip()]
+
+    def learning_rates(self) -> dict[str, float]:
+        out = {}
+        for part in filter(None, (p.strip() for p in self.method_learning_rates.split(","))):
+            method, _, rate = part.partition("=")
+            try:
+                out[method.strip()] = float(rate)
+            except ValueError:
+                raise ArgumentError(f"--method_learning_rates expects method=rate pairs, got {part!r}") from None
+        return out
+
+    def __post_init__(self) -> None:
+        methods = self.method_list()
+        known = ("prompt_tuning", "p_tuning", "prefix_tuning", "lora", "freeze", "full")
+        unknown = [m for m in methods + list(self.learning_rates()) if m not in known]
+        if unknown:
+            raise ArgumentError(f"--methods / --method_learning_rates: unknown method {unknown[0]!r} "
+                                f"(choose from {', '.join(known)})")
+        if not methods or len(set(methods)) != len(methods):
+            raise ArgumentError(f"--methods needs one or more different methods, got {self.methods!r}")
+        if any(rate <= 0 for rate in self.learning_rates().values()):
+            raise ArgumentError("--method_learning_rates: every rate must be positive")
+        if self.eval_max_samples is not None and self.eval_max_samples < 1:
+            raise ArgumentError(f"--eval_max_samples must be at least 1, got {self.eval_max_samples}")
+
+
+@dataclass
 class InspectArgs:
     top_k: int = 5
     """Nearest vocabulary tokens shown per virtual token."""

@@ -1,0 +1,311 @@
+"""``softprompt compare``: train several methods on the same data, steps, seed and batch, and put
+the numbers that decide between them side by side (``compare.md``, ``compare.json``, ``compare.png``).
+
+Each method trains in its own ``softprompt train`` process, so its peak memory is its own (the
+process's peak RSS; on a GPU, ``torch.cuda.max_memory_allocated`` from ``train_results.json``) and
+its output folder ``output_dir/<method>/`` is an ordinary training run that can be reused. Then,
+with the base model loaded once here, each result is loaded and asked one question (the switch
+time) and, with ``--eval_dataset``, scored by the evaluation code.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tqdm.auto import tqdm
+
+from softprompt.checkpoint import is_model_folder
+from softprompt.config import (
+    ArgumentError, CompareArgs, DataArgs, GenerateArgs, MethodArgs, ModelArgs, TaskArgs, TrainArgs, load_yaml_args,
+    parse_args,
+)
+from softprompt.data import load_conversations
+from softprompt.evaluate.run import eval_conversations, run_task
+from softprompt.evaluate.tasks import choose_labels
+from softprompt.inference import Predictor
+from softprompt.model import load_model
+from softprompt.train.loop import check_output_dir
+
+log = logging.getLogger("softprompt")
+RUN_FILES = {"trainer_log.jsonl", "train_results.json", "training_args.yaml", "training_loss.png"}
+"""What a run writes beside its checkpoint; not counted in the checkpoint's bytes."""
+METRIC = {"classification": "accuracy", "generation": "rouge_l", "loss": "loss"}
+
+
+@dataclass
+class ComparePlan:
+    model: ModelArgs
+    data: DataArgs
+    train: TrainArgs
+    task: TaskArgs
+    compare: CompareArgs
+    train_argv: list[str]
+    """The training flags as given, without compare's own, --finetuning_type and --output_dir."""
+    train_config: dict[str, Any] | None
+    """The YAML config's training keys, if a config was given (the same keys left out)."""
+    command: str
+    """The command line, for the report."""
+
+
+def parse_compare(argv: list[str]) -> ComparePlan:
+    """Compare's flags plus every training flag; each method's own flags apply to it alone."""
+    classes = [ModelArgs, DataArgs, MethodArgs, TrainArgs, TaskArgs, CompareArgs]
+    own = {f for cls in (TaskArgs, CompareArgs) for f in cls.__dataclass_fields__} | {"finetuning_type", "output_dir"}
+    quiet = logging.getLogger("softprompt").level
+    logging.getLogger("softprompt").setLevel(logging.ERROR)  # each run warns about flags not its own, once
+    try:
+        (model, data, _, targs, task, cargs), _ = parse_args(argv, classes, "softprompt compare",
+                                                            "Train several methods alike and compare them.")
+    finally:
+        logging.getLogger("softprompt").setLevel(quiet)
+    config, command = None, " ".join(["softprompt compare", *argv])
+    if argv and argv[0].endswith((".yaml", ".yml")):
+        config = {k: v for k, v in load_yaml_args(argv[0]).items() if k not in own}
+        argv = argv[1:]
+    train_argv = _drop_flags(argv, own)
+    return ComparePlan(model, data, targs, task, cargs, train_argv, config, command)
+
+
+def _drop_flags(argv: list[str], names: set[str]) -> list[str]:
+    """``argv`` without ``--name value`` / ``--name=value`` for ``names``."""
+    out, i = [], 0
+    while i < len(argv):
+        name, eq, _ = argv[i].removeprefix("--").partition("=")
+        if argv[i].startswith("--") and name in names:
+            i += 1 if eq or i + 1 >= len(argv) or argv[i + 1].startswith("--") else 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
+def _train_command(plan: ComparePlan, method: str, out: Path) -> list[str]:
+    argv = list(plan.train_argv)
+    if plan.train_config is not None:  # the YAML config, minus compare's keys
+        path = Path(plan.train.output_dir) / "logs" / "train_config.yaml"
+        path.write_text(yaml.safe_dump(plan.train_config, sort_keys=False))
+        argv.insert(0, str(path))
+    lr = plan.compare.learning_rates().get(method)
+    extra = ["--learning_rate", repr(lr)] if lr is not None else []
+    return [sys.executable, "-m", "softprompt", "train", *argv, *extra, "--finetuning_type", method,
+            "--output_dir", str(out), "--overwrite_output_dir", "true"]
+
+
+def _train(plan: ComparePlan, method: str, out: Path, bar) -> dict[str, Any]:
+    """Run one method's training process; its figures, or its error line."""
+    log_path = Path(plan.train.output_dir) / "logs" / f"{method}.log"
+    start = time.time()
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen(_train_command(plan, method, out), stdout=log_file, stderr=subprocess.STDOUT,
+                                env={**os.environ, "TQDM_DISABLE": "1"})
+        shown = None
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if _progress(out) != shown:
+                shown = _progress(out)
+                bar.set_postfix_str(f"{method}: {shown}")
+            time.sleep(0.5)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    row: dict[str, Any] = {"wall_seconds": round(time.time() - start, 1), "peak_rss_bytes": usage.ru_maxrss * 1024}
+    if proc.returncode != 0:
+        lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
+        errors = [ln for ln in lines if "error:" in ln]
+        return {**row, "error": (errors or lines or ["no output"])[-1].strip(), "log": str(log_path)}
+    results = json.loads((out / "train_results.json").read_text())
+    history = [json.loads(ln) for ln in (out / "trainer_log.jsonl").read_text().splitlines() if ln.strip()]
+    losses = [(h["current_steps"], h["loss"]) for h in history if "loss" in h]
+    evals = [(h["current_steps"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    row.update(
+        trainable_params=results["trainable_params"],
+        trainable_percent=round(100 * results["trainable_params"] / results["all_params"], 4),
+        checkpoint_bytes=sum(p.stat().st_size for p in out.iterdir() if p.is_file() and p.name not in RUN_FILES),
+        train_tokens_per_second=results["train_tokens_per_second"], steps=results["global_step"],
+        final_train_loss=losses[-1][1] if losses else None, eval_loss=results["eval_loss"],
+        loss_curve=losses, eval_curve=evals, log=str(log_path),
+    )
+    if "peak_gpu_memory_bytes" in results:
+        row["peak_gpu_memory_bytes"] = results["peak_gpu_memory_bytes"]
+    return row
+
+
+def _progress(out: Path) -> str:
+    try:
+        last = (out / "trainer_log.jsonl").read_text().strip().splitlines()[-1]
+        row = json.loads(last)
+        return f"step {row['current_steps']}/{row['total_steps']}"
+    except (OSError, IndexError, ValueError, KeyError):
+        return "starting"
+
+
+def _switch_and_score(plan: ComparePlan, lm, out: Path, question: list[dict], eval_data: DataArgs | None, convs,
+                      labels) -> dict[str, Any]:
+    """Seconds from the saved result to its first answer (the base already in memory), then the metric."""
+    template = plan.data.template
+    own_copy = None if is_model_folder(out) or not _is_lora(out) else copy.deepcopy(lm)  # LoRA edits its base
+    start = time.time()
+    predictor = Predictor(own_copy or lm, str(out), template, shared_base=False)
+    predictor.chat(question, GenerateArgs(max_new_tokens=8))
+    row: dict[str, Any] = {"switch_seconds": round(time.time() - start, 3)}
+    if eval_data is not None:
+        metrics, _ = run_task(predictor, convs, eval_data, plan.task, GenerateArgs(max_new_tokens=32),
+                              plan.train.per_device_eval_batch_size, labels)
+        key = METRIC[plan.task.task]
+        row.update(metric=key, metric_value=metrics.get(key))
+    return row
+
+
+def _is_lora(folder: Path) -> bool:
+    try:
+        return json.loads((folder / "adapter_config.json").read_text()).get("peft_type") == "LORA"
+    except (OSError, ValueError):
+        return False
+
+
+def run_compare(plan: ComparePlan) -> dict[str, Any]:
+    """Train, time and score every method; write compare.{json,md,png}; return the report."""
+    check_output_dir(plan.train)
+    root = Path(plan.train.output_dir)
+    if root.exists():
+        import shutil
+
+        shutil.rmtree(root)  # --overwrite_output_dir was given (check_output_dir refuses otherwise)
+    (root / "logs").mkdir(parents=True)
+    methods = plan.compare.method_list()
+    convs, labels, eval_data = [], [], None
+    if plan.compare.eval_dataset:
+        eval_data = DataArgs(**{**plan.data.__dict__, "dataset": plan.compare.eval_dataset, "val_size": 0.0,
+                                "max_samples": plan.compare.eval_max_samples})
+        convs = eval_conversations(eval_data, plan.train.seed)
+        labels = choose_labels(convs, plan.task.labels()) if plan.task.task == "classification" else []
+    question = load_conversations(plan.data, plan.train.seed)[0].prompt_and_answer()[0]
+    rows: list[dict[str, Any]] = []
+    lm = None
+    with tqdm(total=2 * len(methods), desc="compare", unit="phase") as bar:
+        for method in methods:
+            bar.set_description(f"compare: training {method}")
+            out = root / method
+            row = {"method": method, "learning_rate": plan.compare.learning_rates().get(method,
+                                                                                        plan.train.learning_rate),
+                   "output_dir": str(out), **_train(plan, method, out, bar)}
+            bar.update(1)
+            if "error" not in row:
+                bar.set_description(f"compare: loading {method}" + (" and scoring it" if convs else ""))
+                lm = lm or load_model(plan.model.model_name_or_path, plan.model.cache_dir)
+                row.update(_switch_and_score(plan, lm, out, question, eval_data, convs, labels))
+            else:
+                log.warning("compare: %s failed: %s (log: %s)", method, row["error"], row["log"])
+            bar.update(1)
+            rows.append(row)
+    report = {"base_model": plan.model.model_name_or_path, "dataset": plan.data.dataset,
+              "eval_dataset": plan.compare.eval_dataset, "task": plan.task.task if convs else None,
+              "device": _device(), "command": plan.command, "methods": rows}
+    (root / "compare.json").write_text(json.dumps(report, indent=2) + "\n")
+    (root / "compare.md").write_text(compare_markdown(report))
+    plot_compare(report, root / "compare.png")
+    return report
+
+
+def _device() -> str:
+    import platform
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _mb(n: float | None) -> str:
+    return "" if n is None else f"{n / 2**20:.0f}"
+
+
+def _size(n: int) -> str:
+    """Bytes on disk, in the unit that reads best."""
+    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} B"
+
+
+def compare_markdown(report: dict[str, Any]) -> str:
+    """One row per method; the command and the device on top."""
+    gpu = any("peak_gpu_memory_bytes" in r for r in report["methods"])
+    metric = next((r["metric"] for r in report["methods"] if "metric" in r), None)
+    head = ["method", "lr", "trainable params", "% of model", "checkpoint on disk",
+            "peak GPU MB" if gpu else "peak RSS MB", "train tokens/s", "wall s", "final train loss",
+            "validation loss", *([f"{metric} ({report['eval_dataset']})"] if metric else []), "switch s"]
+    lines = [f"# compare on {report['dataset']} ({report['base_model']}, {report['device']})", "",
+             f"`{report['command']}`", "", "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for r in report["methods"]:
+        if "error" in r:
+            lines.append(f"| {r['method']} | {r['learning_rate']:g} | failed: {r['error']} |"
+                         + " |" * (len(head) - 3))
+            continue
+        mem = r.get("peak_gpu_memory_bytes", r["peak_rss_bytes"])
+        value = r.get("metric_value")
+        cells = [r["method"], f"{r['learning_rate']:g}", f"{r['trainable_params']:,}", f"{r['trainable_percent']:.3f}",
+                 _size(r["checkpoint_bytes"]), _mb(mem), f"{r['train_tokens_per_second']:.0f}",
+                 f"{r['wall_seconds']:.0f}", _num(r["final_train_loss"]), _num(r["eval_loss"]),
+                 *([_num(value)] if metric else []), f"{r['switch_seconds']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _num(value: Any) -> str:
+    return "" if value is None else f"{value:.4f}" if isinstance(value, float) and abs(value) < 10 else f"{value:.2f}"
+
+
+def plot_compare(report: dict[str, Any], path: Path) -> Path:
+    """Loss curves on top; a bar per method for each figure below."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in report["methods"] if "error" not in r]
+    bars = [("trainable params", "trainable_params", True), ("checkpoint MB", "checkpoint_bytes", True),
+            ("peak memory MB", "peak_rss_bytes", False), ("train tokens/s", "train_tokens_per_second", False),
+            ("wall s", "wall_seconds", False), ("switch s", "switch_seconds", False)]
+    if any("metric" in r for r in ok):
+        bars.append((ok[0]["metric"], "metric_value", False))
+    fig = plt.figure(figsize=(14, 8.5), dpi=100)
+    grid = fig.add_gridspec(3, 4)
+    ax = fig.add_subplot(grid[0, :])
+    for i, r in enumerate(ok):
+        color = f"C{i}"
+        if r["loss_curve"]:
+            ax.plot(*zip(*r["loss_curve"]), color=color, label=r["method"])
+        if r["eval_curve"]:
+            ax.plot(*zip(*r["eval_curve"]), "o--", color=color, alpha=0.7)
+    ax.set_xlabel("update")
+    ax.set_ylabel("loss (dashed: validation)")
+    ax.grid(alpha=0.3)
+    ax.legend(ncol=len(ok) or 1, fontsize=8)
+    for k, (title, key, log_scale) in enumerate(bars):
+        bax = fig.add_subplot(grid[1 + k // 4, k % 4])
+        names = [r["method"] for r in ok]
+        values = [r.get("peak_gpu_memory_bytes", r[key]) if key == "peak_rss_bytes" else r.get(key) or 0 for r in ok]
+        if key in ("checkpoint_bytes", "peak_rss_bytes"):
+            values = [v / 2**20 for v in values]
+        bax.bar(names, values, color=[f"C{i}" for i in range(len(ok))])
+        if log_scale:
+            bax.set_yscale("log")
+        bax.set_title(title, fontsize=9)
+        bax.tick_params(axis="x", labelrotation=45, labelsize=7)
+    fig.suptitle(f"compare on {report['dataset']} ({report['base_model']}, {report['device']})")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
