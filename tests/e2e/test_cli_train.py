@@ -158,11 +158,18 @@ def test_base_model_without_chat_template_needs_template(tiny_base_dir, data_dir
 def test_every_example_config_parses():
     from pathlib import Path
 
-    from softprompt.config import DataArgs, MethodArgs, ModelArgs, TrainArgs, parse_args
+    from softprompt.config import CompareArgs, DataArgs, MethodArgs, ModelArgs, TaskArgs, TrainArgs, parse_args
+    from softprompt.methods import METHODS
 
-    examples = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
-    assert examples
+    root = Path(__file__).resolve().parents[2] / "examples"
+    examples = sorted(root.glob("*.yaml"))
+    assert {p.stem for p in examples} >= set(METHODS)  # one commented config per method
     for path in examples:
-        assert path.read_text().startswith("# ")  # the launch command on top
+        first = path.read_text().splitlines()[0]
+        assert first.startswith("# ") and "softprompt" in first  # the launch command on top
         (model, data, method, train), _ = parse_args([str(path)], [ModelArgs, DataArgs, MethodArgs, TrainArgs])
-        assert method.finetuning_type == "prompt_tuning" and train.output_dir
+        assert method.finetuning_type == (path.stem if path.stem in METHODS else "prompt_tuning") and train.output_dir
+    for path in sorted((root / "compare").glob("*.yaml")):
+        assert path.read_text().startswith("# softprompt compare ")
+        *_, compare = parse_args([str(path)], [ModelArgs, DataArgs, MethodArgs, TrainArgs, TaskArgs, CompareArgs])[0]
+        assert len(compare.method_list()) == 6
