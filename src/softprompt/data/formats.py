@@ -82,7 +82,23 @@ def to_conversation(row: Row, spec: DatasetSpec, require_response: bool = True) 
     else:
         conv = _alpaca(row, spec.columns, require_response)
     check_turns(conv.messages, row.origin, require_response)
+    texts = [("system", conv.system), ("tools", conv.tools)]
+    texts += [(f"turn {i + 1} ({m['role']})", m["content"]) for i, m in enumerate(conv.messages)]
+    for what, text in texts:
+        check_unicode(text, f"{row.origin}: {what}")
     return conv
+
+
+def check_unicode(text: str | None, where: str) -> None:
+    """Raise DataError if ``text`` cannot be encoded as UTF-8 (a lone surrogate such as a JSON
+    ``"\\ud800"`` escape), which no tokenizer accepts."""
+    if text is None:
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DataError(f"{where} holds a lone surrogate (U+{ord(text[exc.start]):04X} at character {exc.start}); "
+                        "it is not valid Unicode text") from None
 
 
 def _get_str(row: Row, key: str | None, required: bool = False) -> str | None:
