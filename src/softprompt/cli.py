@@ -177,6 +177,19 @@ def cmd_sweep(argv: list[str]) -> int:
     return 0
 
 
+def _check_prompt_adapter(path: str) -> None:
+    """inspect reads soft prompts; say so for the other methods' outputs."""
+    from softprompt.checkpoint import is_model_folder, read_adapter_config
+    from softprompt.methods import PROMPT_PEFT_TYPES
+
+    kind = "a model folder (full / freeze fine-tuning)" if is_model_folder(path) else None
+    if kind is None and read_adapter_config(path).get("peft_type") not in PROMPT_PEFT_TYPES:
+        kind = f"a {read_adapter_config(path).get('peft_type')} adapter"
+    if kind:
+        raise ArgumentError(f"{path} is {kind}; inspect looks inside prompt adapters "
+                            "(prompt_tuning, p_tuning, prefix_tuning)")
+
+
 def cmd_inspect(argv: list[str]) -> int:
     import json
 
@@ -190,6 +203,7 @@ def cmd_inspect(argv: list[str]) -> int:
                                         "Sizes, nearest vocabulary tokens and norms of a soft prompt.")
     if not model_args.adapter_name_or_path:
         raise ArgumentError("name the adapter folder: softprompt inspect ADAPTER")
+    _check_prompt_adapter(model_args.adapter_name_or_path)
     base = model_args.model_name_or_path  # default: the base model the adapter was trained for
     if "model_name_or_path" not in vars(ns):
         base = describe_adapter(model_args.adapter_name_or_path)["base_model_name_or_path"] or base

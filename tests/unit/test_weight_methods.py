@@ -154,3 +154,10 @@ def test_lora_target_naming_no_module_is_one_line(tiny_dir, trained, tmp_path, c
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("softprompt: error: --lora_target qproj:") or "--lora_target qproj" in err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_inspect_says_it_reads_prompt_adapters(trained, method, capsys):
+    assert main(["inspect", str(trained[method])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "inspect looks inside prompt adapters" in err
