@@ -1,9 +1,16 @@
-"""Small builders shared by tests: datasets on disk and CLI runs."""
+"""Small builders shared by tests: datasets on disk, CLI runs, a real server process."""
 
 from __future__ import annotations
 
 import json
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
+
+KEY = "test-key-123"
 
 QA = [
     ("What is the capital of France?", "Paris is the capital of France."),
@@ -42,3 +49,63 @@ def train_flags(model: Path, data_dir: Path, out: Path, **extra) -> list[str]:
     for k, v in flags.items():
         argv += [f"--{k}", str(v)]
     return argv
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``softprompt serve`` in a subprocess on a free port, waited for until /health answers.
+
+    Its stdout and stderr go to a pipe (``proc.stdout``), or to the file ``log`` when given (a
+    busy server could fill a pipe nobody reads).
+    """
+
+    def __init__(self, model: Path, prompts: Path, *extra: str, api_key: str | None = KEY, log: Path | None = None):
+        import httpx
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "softprompt", "serve", "--model_name_or_path", str(model),
+               "--prompts_dir", str(prompts), "--port", str(self.port), *extra]
+        if api_key:
+            cmd += ["--api_key", api_key]
+        self.log_path = log
+        self.log = open(log, "w") if log is not None else None  # noqa: SIM115 (closed in close())
+        out = self.log or subprocess.PIPE
+        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.output()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError("server did not start")
+
+    def output(self) -> str:
+        if self.log_path is not None:
+            return self.log_path.read_text()  # the server process writes the file itself
+        return self.proc.stdout.read()
+
+    def client(self, key: str | None = KEY, async_: bool = False):
+        import openai
+
+        cls = openai.AsyncOpenAI if async_ else openai.OpenAI
+        return cls(base_url=self.url + "/v1", api_key=key or "none", max_retries=0, timeout=120)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self.log is not None:
+            self.log.close()

@@ -5,59 +5,15 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
 from softprompt.cli import main
-from tests.helpers import train_flags, write_alpaca_dataset
-
-KEY = "test-key-123"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, model: Path, prompts: Path, *extra: str, api_key: str | None = KEY):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "softprompt", "serve", "--model_name_or_path", str(model),
-               "--prompts_dir", str(prompts), "--port", str(self.port), *extra]
-        if api_key:
-            cmd += ["--api_key", api_key]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.proc.stdout.read()}")
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        raise RuntimeError("server did not start")
-
-    def client(self, key: str | None = KEY) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=key or "none", max_retries=0, timeout=120)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+from tests.helpers import KEY, Server, train_flags, write_alpaca_dataset
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +166,7 @@ def test_full_queue_answers_503_at_once_and_sigterm_finishes_in_flight(setup, ti
             assert pending.result() == 200
         # uvicorn re-raises the caught SIGTERM after its graceful shutdown, as a daemon should
         assert server.proc.wait(30) in (0, -signal.SIGTERM)
-        assert "Traceback" not in server.proc.stdout.read()
+        assert "Traceback" not in server.output()
     finally:
         server.close()
 

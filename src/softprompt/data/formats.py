@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
 
 from .errors import DataError, type_name
 from .registry import DatasetSpec, Row

@@ -2,28 +2,32 @@
 
 ``model`` in a request is the task name (an adapter folder under ``--prompts_dir``, or ``base``).
 Errors use OpenAI's JSON shape: unknown task 404, malformed body 400, prompt too long 400,
-bad or missing API key 401, full queue 503.
+bad or missing API key 401, body over the size limit 413, full queue 503, anything unexpected 500
+(logged, without the request). The API key and the size limit are checked in front of every
+route by :class:`~softprompt.serve.guard.Guard`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
 
 from softprompt.data import DataError
+from softprompt.data.formats import check_unicode
 from softprompt.engine.generate import SamplingParams
 from softprompt.engine.registry import TaskUnavailableError, UnknownTaskError
 from softprompt.multitask import ContextLengthError, MultiTaskPredictor, Request as GenRequest, Result
 from softprompt.serve import protocol as P
 from softprompt.serve.batcher import Batcher, QueueFullError
+from softprompt.serve.guard import Guard
 
 log = logging.getLogger("softprompt")
 
@@ -68,33 +72,29 @@ def create_app(predictor: MultiTaskPredictor, api_key: str | None = None, max_ba
         message, param = _validation_message(exc)
         return _error(ServeError(400, message, param=param))
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_body_bytes:
-            return _error(ServeError(413, f"request body of {length} bytes is over the {max_body_bytes}-byte limit",
-                                     code="request_too_large"))
-        return await call_next(request)
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, exc: HTTPException):  # unknown path, wrong method, unreadable body
+        type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return _error(ServeError(exc.status_code, str(exc.detail), type_))
 
-    def authorize(request: Request) -> None:
-        if api_key is None:
-            return
-        given = request.headers.get("authorization", "")
-        token = given[7:] if given.lower().startswith("bearer ") else ""
-        if not hmac.compare_digest(token.encode(), api_key.encode()):
-            raise ServeError(401, "invalid or missing API key", "authentication_error", "invalid_api_key")
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.error("%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+        return _error(ServeError(500, "internal error; the server logged it", "server_error"))
+
+    app.add_middleware(Guard, api_key=api_key, max_body_bytes=max_body_bytes)
 
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok", "tasks": len(predictor.registry.names())}
 
-    @app.get("/v1/models", dependencies=[Depends(authorize)])
+    @app.get("/v1/models")
     async def models() -> dict:
         data = [{"id": n, "object": "model", "created": 0, "owned_by": "softprompt"}
                 for n in predictor.registry.names()]
         return {"object": "list", "data": data}
 
-    @app.post("/v1/prompts", dependencies=[Depends(authorize)])
+    @app.post("/v1/prompts")
     async def register(body: P.RegisterPromptRequest) -> dict:
         try:
             await asyncio.to_thread(predictor.registry.register, body.name, body.path)
@@ -102,21 +102,37 @@ def create_app(predictor: MultiTaskPredictor, api_key: str | None = None, max_ba
             raise ServeError(400, str(exc), param="path") from None
         return {"id": body.name, "object": "model", "created": 0, "owned_by": "softprompt"}
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
+    @app.post("/v1/chat/completions")
     async def chat(body: P.ChatCompletionRequest):
+        _refuse_if_full(batcher)
         messages = [m.model_dump() for m in body.messages]
         tools = json.dumps(body.tools) if body.tools else None
         try:
+            for i, m in enumerate(messages):
+                check_unicode(m["content"], f"messages.{i}.content")
+            check_unicode(tools, "tools")
             ids = predictor.chat_ids(messages, tools)
         except DataError as exc:
             raise ServeError(400, str(exc), param="messages") from None
         return await _answer(batcher, predictor, body, ids, chat=True)
 
-    @app.post("/v1/completions", dependencies=[Depends(authorize)])
+    @app.post("/v1/completions")
     async def complete(body: P.CompletionRequest):
+        _refuse_if_full(batcher)
+        try:
+            check_unicode(body.prompt, "prompt")
+        except DataError as exc:
+            raise ServeError(400, str(exc), param="prompt") from None
         return await _answer(batcher, predictor, body, predictor.text_ids(body.prompt), chat=False)
 
     return app
+
+
+def _refuse_if_full(batcher: Batcher) -> None:
+    """503 at once, before any work, when the queue is full (submit checks again: it may fill meanwhile)."""
+    if batcher.full():
+        raise ServeError(503, f"the server is busy: {batcher.max_queue} requests are waiting", "server_error",
+                         "overloaded")
 
 
 def _request(predictor: MultiTaskPredictor, body: P._Sampling, ids: list[int]) -> GenRequest:

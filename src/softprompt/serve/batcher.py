@@ -30,6 +30,13 @@ class Job:
     future: Future = field(default_factory=Future)
     on_text: Callable[[str], None] | None = None
     cancelled: bool = False
+    streamed: bool = False
+    """Some text was already sent to the client (so a failed batch cannot simply re-run this job)."""
+
+    def emit(self, delta: str) -> None:
+        if self.on_text is not None:
+            self.streamed = True
+            self.on_text(delta)
 
 
 class Batcher:
@@ -48,6 +55,14 @@ class Batcher:
         """Finish the jobs already taken, then stop; queued jobs still run before the thread exits."""
         self._stop.set()
         self._thread.join(timeout)
+
+    @property
+    def max_queue(self) -> int:
+        return self._queue.maxsize
+
+    def full(self) -> bool:
+        """Whether a request submitted now would be refused."""
+        return self._queue.full()
 
     def submit(self, request: Request, on_text: Callable[[str], None] | None = None) -> Job:
         job = Job(request, on_text=on_text)
@@ -77,19 +92,30 @@ class Batcher:
     def _loop(self) -> None:
         while not (self._stop.is_set() and self._queue.empty()):
             jobs = self._collect()
-            if not jobs:
-                continue
-            try:
-                results = self.predictor.run(
-                    [j.request for j in jobs],
-                    on_text=lambda i, delta: jobs[i].on_text(delta) if jobs[i].on_text else None,
-                    cancelled=lambda i: jobs[i].cancelled,
-                )
-            except Exception as exc:  # one bad batch must not kill the server
-                log.exception("batch of %d failed", len(jobs))
+            if jobs:
+                self._run(jobs)
+
+    def _run(self, jobs: list[Job]) -> None:
+        """Run one batch; if it fails, run its jobs one by one so that only the culprit fails."""
+        try:
+            results = self.predictor.run(
+                [j.request for j in jobs],
+                on_text=lambda i, delta: jobs[i].emit(delta),
+                cancelled=lambda i: jobs[i].cancelled,
+            )
+        except Exception as exc:  # one bad request must not kill the server, nor its batch
+            if len(jobs) > 1:
+                log.warning("batch of %d failed (%s: %s); running its requests one by one", len(jobs),
+                            type(exc).__name__, exc)
                 for j in jobs:
-                    j.future.set_exception(exc)
-                continue
-            self.batches_run += 1
-            for j, r in zip(jobs, results):
-                j.future.set_result(r)
+                    if j.streamed:
+                        j.future.set_exception(exc)
+                    else:
+                        self._run([j])
+                return
+            log.error("request for task %r failed: %s: %s", jobs[0].request.task, type(exc).__name__, exc)
+            jobs[0].future.set_exception(exc)
+            return
+        self.batches_run += 1
+        for j, r in zip(jobs, results):
+            j.future.set_result(r)

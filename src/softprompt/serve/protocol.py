@@ -26,7 +26,7 @@ class _Sampling(BaseModel):
     n: int = Field(default=1, ge=1, le=1)
     stream: bool = False
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), lt=2**64)  # what a torch.Generator takes
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
