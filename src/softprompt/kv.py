@@ -11,7 +11,7 @@ prefixes with it (prefix tuning's text init) and the engine runs batches with it
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
@@ -39,6 +39,10 @@ class PrefixKV:
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
+    anchor: torch.Tensor | None = field(default=None, repr=False)
+    """The prefix pass's final hidden states (1, L, d), when it built this prefix. With a sharded
+    base (FSDP) the training loss adds ``0 * anchor.sum()`` so that the backward pass enters every
+    layer through its output, where FSDP gathers the layer's weights (see engine.forward.is_sharded)."""
 
     @property
     def length(self) -> int:
@@ -103,4 +107,5 @@ def _prefill(decoder, prompt_embeds: torch.Tensor, L: int, config) -> PrefixKV:
         use_cache=True,
     )
     cache = out.past_key_values
-    return PrefixKV([layer.keys for layer in cache.layers], [layer.values for layer in cache.layers])
+    return PrefixKV([layer.keys for layer in cache.layers], [layer.values for layer in cache.layers],
+                    anchor=out.last_hidden_state)

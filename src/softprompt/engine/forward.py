@@ -115,4 +115,22 @@ class AdaptedLM(nn.Module):
     ) -> tuple[torch.Tensor, int]:
         prefix = prefix_of(self.base, self.adapter)
         hidden = decoder_hidden(self.base, input_ids, attention_mask, prefix)  # (B, T, d)
-        return labelled_loss(self.base, hidden, labels)
+        loss_sum, n = labelled_loss(self.base, hidden, labels)
+        if prefix is not None and prefix.anchor is not None and is_sharded(self.base):
+            loss_sum = loss_sum + 0.0 * prefix.anchor.float().sum()  # changes no value; see is_sharded
+        return loss_sum, n
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether FSDP shards ``model``'s layers (their weights are gathered only around their forward/backward).
+
+    FSDP gathers a layer's weights for the backward pass when the gradient reaches the layer's
+    *output*. The prefix pass's K/V leave each layer through the cache instead, and the last layer's
+    output is not used at all, so without help the backward would reach ``k_proj``/``v_proj`` of a
+    layer whose weights are shards. A zero-weighted term on the prefix pass's final hidden states
+    (``PrefixKV.anchor``) sends a gradient through every layer's output: FSDP gathers each layer
+    before its prefix-pass backward, and the gradients are unchanged.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(m, FSDPModule) for m in model.modules())
