@@ -1,0 +1,284 @@
+"""Checkpoints a run can resume from, written atomically, and resuming from them.
+
+A ``checkpoint-N`` folder holds what the method saves (a PEFT adapter, or a model folder for
+full / freeze) plus the training state, with Hugging Face Trainer's file names:
+
+    trainer_state.json     step, per-step losses, validation bookkeeping, the arguments that fix the data order
+    optimizer.pt           the optimizer's state dict
+    scheduler.pt           the learning-rate scheduler's state dict
+    rng_state.pth          the Python and torch (CPU, CUDA) random states
+    trainable_state.pt     every trainable parameter by name (p-tuning saves its *encoded* prompt as the
+                           adapter, so the adapter files alone cannot restart its encoder), plus the best
+                           adapter state kept for --load_best_model_at_end
+
+Everything is written into ``.checkpoint-N.XXXX/`` beside the final name and renamed into place
+in one step, then older checkpoints beyond ``--save_total_limit`` are removed: a kill at any
+moment leaves the previous complete checkpoint, or the new one. Leftover temporary folders are
+removed when a run resumes.
+
+Resuming restores the trainable parameters, optimizer, scheduler, step and RNG state; the data
+order is restored by replaying the seeded loader's first ``step * gradient_accumulation_steps``
+micro-batches (collation only, no model work).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from softprompt.checkpoint import CheckpointError
+from softprompt.config import ArgumentError, TrainArgs
+
+log = logging.getLogger("softprompt")
+
+STATE_NAME = "trainer_state.json"
+OPTIMIZER_NAME = "optimizer.pt"
+SCHEDULER_NAME = "scheduler.pt"
+RNG_NAME = "rng_state.pth"
+TRAINABLE_NAME = "trainable_state.pt"
+STATE_FILES = (STATE_NAME, OPTIMIZER_NAME, SCHEDULER_NAME, RNG_NAME, TRAINABLE_NAME)
+DATA_ORDER_ARGS = ("seed", "per_device_train_batch_size", "gradient_accumulation_steps")
+"""Arguments that fix which examples each step sees; a resumed run that changes them warns."""
+
+
+@dataclass
+class Progress:
+    """What the loop carries from step to step, beyond the model and the optimizer."""
+
+    step: int = 0
+    """Optimizer updates done."""
+    losses: list[float] = field(default_factory=list)
+    """The loss of every update so far (train_loss is their mean)."""
+    pending: list[float] = field(default_factory=list)
+    """Losses of the updates since the last log line (logged as their mean)."""
+    eval_loss: float | None = None
+    """The last validation loss."""
+    train_tokens: int = 0
+    """Real tokens trained on so far."""
+    resumed: _Resumed | None = None
+    """Set by :func:`restore`: the rest of the checkpoint, for :func:`continue_from`."""
+
+
+# ---------------------------------------------------------------------------------------------
+# finding a checkpoint
+
+
+def checkpoints(output_dir: str | Path) -> list[Path]:
+    """The ``checkpoint-N`` folders of ``output_dir``, oldest first."""
+    out = Path(output_dir)
+    if not out.is_dir():
+        return []
+    found = [p for p in out.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def resume_folder(args: TrainArgs) -> Path | None:
+    """The checkpoint ``--resume_from_checkpoint`` names (``true``: the newest in output_dir), checked
+    before anything is loaded; None when not resuming."""
+    value = args.resume_from_checkpoint
+    if value is None:
+        return None
+    if value.lower() == "true":
+        found = [p for p in checkpoints(args.output_dir) if (p / STATE_NAME).is_file()]
+        if not found:
+            raise ArgumentError(f"--resume_from_checkpoint true: no checkpoint-N folder with a {STATE_NAME} "
+                                f"in --output_dir {args.output_dir} (set --save_steps to write them)")
+        return found[-1]
+    folder = Path(value)
+    if not folder.is_dir():
+        raise ArgumentError(f"--resume_from_checkpoint {value}: folder not found (give a checkpoint-N folder or true)")
+    missing = [name for name in STATE_FILES if not (folder / name).is_file()]
+    if missing:
+        raise CheckpointError(f"{folder}: no {missing[0]}; not a checkpoint softprompt can resume from")
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------
+# saving
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def write_training_state(folder: Path, progress: Progress, model: torch.nn.Module, optimizer, scheduler, health,
+                         args: TrainArgs) -> None:
+    """The training-state files (see the module docstring) into ``folder``."""
+    state = {
+        "global_step": progress.step, "losses": progress.losses, "pending": progress.pending,
+        "eval_loss": progress.eval_loss, "train_tokens": progress.train_tokens,
+        "best_loss": health.best_loss if health.best_step else None, "best_step": health.best_step,
+        "evals_without_improvement": health.evals_without_improvement,
+        "args": {name: getattr(args, name) for name in DATA_ORDER_ARGS},
+    }
+    trainable = {name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
+    torch.save({"params": trainable, "best_state": health.best_state}, folder / TRAINABLE_NAME)
+    torch.save(optimizer.state_dict(), folder / OPTIMIZER_NAME)
+    torch.save(scheduler.state_dict(), folder / SCHEDULER_NAME)
+    torch.save(_rng_state(), folder / RNG_NAME)
+    (folder / STATE_NAME).write_text(json.dumps(state, indent=1) + "\n")
+
+
+def save_checkpoint(outputs, progress: Progress, model: torch.nn.Module, optimizer, scheduler, health,
+                    args: TrainArgs) -> Path | None:
+    """Write ``checkpoint-{step}`` atomically: the method's own files (``outputs.save_adapter``) and the
+    training state go into a temporary folder that is then renamed; older checkpoints beyond
+    --save_total_limit are removed after that. Only the main process writes."""
+    if not outputs.main:
+        return None
+    final = outputs.dir / f"checkpoint-{progress.step}"
+    tmp = Path(tempfile.mkdtemp(dir=outputs.dir, prefix=f".{final.name}."))
+    try:
+        staged = tmp / final.name
+        outputs.save_adapter(staged)  # the adapter or model folder, as the method writes it
+        write_training_state(staged, progress, model, optimizer, scheduler, health, args)
+        if final.exists():  # re-saving a step after resuming from an older checkpoint
+            final.rename(tmp / "replaced")
+        os.replace(staged, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    rotate(outputs.dir, args.save_total_limit)
+    return final
+
+
+def rotate(output_dir: Path, limit: int | None) -> None:
+    """Keep the newest ``limit`` checkpoint-N folders (all when ``limit`` is None)."""
+    if limit:
+        for old in checkpoints(output_dir)[:-limit]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# resuming
+
+
+def _load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and runtime errors for a damaged file
+        text = " ".join(str(exc).split())[:160]
+        raise CheckpointError(f"{path}: unreadable ({text})") from None
+
+
+def _read_state(folder: Path) -> dict[str, Any]:
+    path = folder / STATE_NAME
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({' '.join(str(exc).split())[:120]})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
+        raise CheckpointError(f"{path}: expected an object with an integer 'global_step'")
+    return state
+
+
+def _restore_params(folder: Path, model: torch.nn.Module) -> Any:
+    """Copy the saved trainable parameters into ``model``; returns the saved best adapter state."""
+    saved = _load(folder / TRAINABLE_NAME)
+    params = saved.get("params") if isinstance(saved, dict) else None
+    if not isinstance(params, dict):
+        raise CheckpointError(f"{folder / TRAINABLE_NAME}: expected a dict with 'params'")
+    ours = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    if set(params) != set(ours):
+        extra = sorted(set(params) ^ set(ours))[0]
+        raise ArgumentError(f"--resume_from_checkpoint {folder}: its trainable parameters differ from this run's "
+                            f"(e.g. {extra!r}); resume with the same model and method arguments")
+    with torch.no_grad():
+        for name, p in ours.items():
+            if params[name].shape != p.shape:
+                raise ArgumentError(f"--resume_from_checkpoint {folder}: {name} has shape {tuple(params[name].shape)}, "
+                                    f"this run's has {tuple(p.shape)}; resume with the same arguments")
+            p.copy_(params[name])
+    return saved.get("best_state")
+
+
+def restore(folder: Path, model: torch.nn.Module, optimizer, scheduler, args: TrainArgs, main: bool) -> Progress:
+    """Load a checkpoint's parameters, optimizer and scheduler into this run (``model`` unwrapped);
+    on the main process, keep output_dir's log up to the checkpoint's step and remove temporary
+    folders a kill left. Call before output_dir's log is opened; then :func:`continue_from`."""
+    state = _read_state(folder)
+    best_state = _restore_params(folder, model)
+    try:
+        optimizer.load_state_dict(_load(folder / OPTIMIZER_NAME))
+        scheduler.load_state_dict(_load(folder / SCHEDULER_NAME))
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"{folder}: optimizer or scheduler state does not fit this run ({exc})") from None
+    step = state["global_step"]
+    for name, value in state.get("args", {}).items():
+        if getattr(args, name, value) != value:
+            log.warning("--%s was %s when checkpoint-%d was written and is %s now: the data order differs from "
+                        "the interrupted run's", name, value, step, getattr(args, name))
+    history = []
+    if main:
+        _clean_temporaries(Path(args.output_dir))
+        history = _trim_log(Path(args.output_dir) / "trainer_log.jsonl", step)
+    log.info("resuming from %s at step %d", folder, step)
+    return Progress(step, [float(x) for x in state.get("losses", [])], [float(x) for x in state.get("pending", [])],
+                    state.get("eval_loss"), int(state.get("train_tokens") or 0),
+                    _Resumed(_load(folder / RNG_NAME), history, best_state, state))
+
+
+@dataclass
+class _Resumed:
+    """What :func:`continue_from` puts back once the loop has started."""
+
+    rng: dict[str, Any]
+    history: list[dict]
+    best_state: Any
+    state: dict[str, Any]
+
+
+def continue_from(progress: Progress, stream, outputs, health, args: TrainArgs) -> None:
+    """Put a resumed run's loop where the checkpoint left it: the log history, the validation
+    bookkeeping, the data stream (skip the micro-batches the interrupted run consumed; the same
+    seeded order) and, last, the random state."""
+    resumed = progress.resumed
+    outputs.history = list(resumed.history) + outputs.history
+    outputs.train_tokens = progress.train_tokens
+    health.best_step = int(resumed.state.get("best_step") or 0)
+    best_loss = resumed.state.get("best_loss")
+    health.best_loss = float(best_loss) if best_loss is not None else float("inf")
+    health.evals_without_improvement = int(resumed.state.get("evals_without_improvement") or 0)
+    health.best_state = resumed.best_state
+    for _ in range(progress.step * args.gradient_accumulation_steps):
+        next(stream)
+    rng = resumed.rng
+    random.setstate(tuple(rng["python"]) if isinstance(rng["python"], list) else rng["python"])
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _clean_temporaries(output_dir: Path) -> None:
+    """Remove the ``.checkpoint-N.XXXX`` folders a killed run left behind."""
+    for tmp in output_dir.glob(".checkpoint-*"):
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _trim_log(path: Path, step: int) -> list[dict]:
+    """Keep the log rows up to ``step`` (the later ones are logged again) and return them."""
+    rows = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line cut by the kill
+            if isinstance(row, dict) and int(row.get("current_steps", 0)) <= step:
+                rows.append(row)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    os.replace(tmp, path)
+    return rows

@@ -1,0 +1,141 @@
+"""Interrupted training resumes: SIGKILL mid-run, --resume_from_checkpoint true, and the losses
+logged after the resume equal an uninterrupted run's (CPU, fp32, same seed)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from softprompt.cli import main
+from softprompt.train.resume import STATE_FILES
+from tests.helpers import train_flags, write_alpaca_dataset
+
+FLAGS = dict(max_steps=60, save_steps=5, save_total_limit=2, per_device_train_batch_size=2,
+             gradient_accumulation_steps=2, warmup_steps=3, lr_scheduler_type="cosine", logging_steps=1)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return write_alpaca_dataset(tmp_path_factory.mktemp("resume") / "data", n=24)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_dir, data_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("uninterrupted") / "out"
+    assert main(train_flags(tiny_dir, data_dir, out, **FLAGS)) == 0
+    return out
+
+
+def log_rows(out: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
+    return [{k: r[k] for k in ("current_steps", "loss", "learning_rate", "grad_norm", "epoch")} for r in rows]
+
+
+def checkpoint_steps(out: Path) -> list[int]:
+    return sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
+
+
+def same_adapter(a: Path, b: Path) -> None:
+    wa, wb = load_file(a / "adapter_model.safetensors"), load_file(b / "adapter_model.safetensors")
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=1e-6, atol=1e-7)
+
+
+def test_sigkill_mid_run_then_resume_equals_the_uninterrupted_run(tiny_dir, data_dir, uninterrupted, tmp_path):
+    out = tmp_path / "out"
+    argv = train_flags(tiny_dir, data_dir, out, **FLAGS)
+    proc = subprocess.Popen([sys.executable, "-m", "softprompt", *argv], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (out / "checkpoint-10").exists():  # poll; the run itself is not slowed
+            assert proc.poll() is None, "training ended before it could be killed"
+            assert time.time() < deadline
+            time.sleep(0.01)
+        time.sleep(0.1)  # somewhere between two checkpoints
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "train_results.json").exists(), "the run finished before the kill"
+    killed_at = checkpoint_steps(out)
+    assert killed_at and max(killed_at) < FLAGS["max_steps"]
+    for step in killed_at:  # a kill leaves complete checkpoints only (the new one, or the previous ones)
+        folder = out / f"checkpoint-{step}"
+        assert all((folder / name).is_file() for name in STATE_FILES + ("adapter_model.safetensors",)), folder
+
+    assert main(train_flags(tiny_dir, data_dir, out, resume_from_checkpoint="true", **FLAGS)) == 0
+
+    resumed_from = max(killed_at)
+    ours, theirs = log_rows(out), log_rows(uninterrupted)
+    after = [r for r in ours if r["current_steps"] > resumed_from]
+    assert [r["current_steps"] for r in after] == list(range(resumed_from + 1, FLAGS["max_steps"] + 1))
+    assert after == [r for r in theirs if r["current_steps"] > resumed_from]
+    assert ours == theirs  # the rows before the checkpoint were kept, the ones after it logged once
+    same_adapter(out, uninterrupted)
+    results = json.loads((out / "train_results.json").read_text())
+    assert results["train_loss"] == json.loads((uninterrupted / "train_results.json").read_text())["train_loss"]
+    # --save_total_limit 2 keeps the newest two, in both runs; no temporary folder is left
+    assert checkpoint_steps(out) == checkpoint_steps(uninterrupted) == [50, 55]
+    assert not list(out.glob(".checkpoint-*"))
+
+
+def interrupt_at(src: Path, dst: Path, step: int) -> None:
+    """``dst``: ``src`` as a run killed just after writing checkpoint-``step`` would have left it."""
+    shutil.copytree(src, dst)
+    for ckpt in dst.glob("checkpoint-*"):
+        if int(ckpt.name.split("-")[1]) > step:
+            shutil.rmtree(ckpt)
+    for name in ("adapter_model.safetensors", "adapter_config.json", "train_results.json"):
+        (dst / name).unlink(missing_ok=True)
+    (dst / ".checkpoint-99.abcd").mkdir()  # a temporary folder a kill left behind
+
+
+def test_resume_restores_an_encoder_and_dropout_rng(tiny_dir, data_dir, tmp_path):
+    """p-tuning (its LSTM encoder is not in the saved adapter, which holds the encoded prompt) with
+    dropout: the parameters and the random state come back, so the losses match exactly."""
+    flags = {k: v for k, v in FLAGS.items() if k != "save_total_limit"}
+    flags.update(max_steps=12, save_steps=4, finetuning_type="p_tuning", encoder_reparameterization_type="LSTM",
+                 encoder_dropout=0.3, encoder_hidden_size=16)
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(train_flags(tiny_dir, data_dir, a, **flags)) == 0
+    interrupt_at(a, b, 4)
+    (b / "checkpoint-4" / "adapter_model.safetensors").unlink()  # proves the encoder comes from the state file
+    assert main(train_flags(tiny_dir, data_dir, b, resume_from_checkpoint=str(b / "checkpoint-4"), **flags)) == 0
+    assert log_rows(b) == log_rows(a)
+    same_adapter(b, a)
+    assert checkpoint_steps(b) == [4, 8]
+    assert not (b / ".checkpoint-99.abcd").exists()
+
+
+def test_resume_errors_are_one_line(tiny_dir, data_dir, uninterrupted, tmp_path, capsys):
+    def refused(*parts: str, **extra) -> None:
+        assert main(train_flags(tiny_dir, data_dir, extra.pop("out", tmp_path / "out"), **{**FLAGS, **extra})) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        line = err.strip().splitlines()[-1]
+        assert all(p in line for p in parts), line
+
+    refused("--resume_from_checkpoint true: no checkpoint-N folder", resume_from_checkpoint="true")
+    refused("folder not found", resume_from_checkpoint=str(tmp_path / "nowhere"))
+    assert not (tmp_path / "out").exists()
+    broken = tmp_path / "broken"
+    shutil.copytree(uninterrupted / "checkpoint-55", broken)
+    (broken / "optimizer.pt").write_bytes(b"not a checkpoint")
+    refused("optimizer.pt: unreadable", resume_from_checkpoint=str(broken))
+    (broken / "optimizer.pt").unlink()
+    refused("no optimizer.pt", resume_from_checkpoint=str(broken))
+    refused("adapter.embedding.weight has shape (4, 64), this run's has (6, 64)", resume_from_checkpoint=str(uninterrupted / "checkpoint-55"),
+            num_virtual_tokens=6)
