@@ -145,6 +145,10 @@ def load_model(name_or_path: str, cache_dir: str | None = None, dtype: torch.dty
         raise ModelNotFoundError(
             f"model not found: {name_or_path!r} ({str(exc).splitlines()[0]}); softprompt never downloads models"
         ) from None
+    except Exception as exc:  # a damaged file: safetensors, tokenizers and json each raise their own type
+        message = " ".join(str(exc).split())[:160]
+        raise ModelNotFoundError(f"{folder}: could not load the model or its tokenizer, a file is damaged "
+                                 f"({type(exc).__name__}: {message})") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()

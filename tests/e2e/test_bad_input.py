@@ -289,3 +289,29 @@ def test_damaged_adapter_folder(tiny_dir, trained, tmp_path, capsys, damage, par
     elif damage == "missing_folder":
         folder = tmp_path / "nowhere"
     use_adapter(tiny_dir, folder, tmp_path, capsys, *parts)
+
+
+@pytest.mark.parametrize("damage, parts", [
+    ("truncated_weights", ["could not load the model", "SafetensorError"]),
+    ("no_weights", ["model not found", "no file named model.safetensors"]),
+    ("config_not_json", ["model not found", "config.json' is not a valid JSON file"]),
+    ("tokenizer_not_json", ["could not load the model or its tokenizer", "JSONDecodeError"]),
+])
+def test_damaged_model_folder(tiny_dir, tmp_path, capsys, damage, parts):
+    """A model folder (a base, or what full / freeze training writes) with a missing or damaged file."""
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_dir, folder)
+    weights = folder / "model.safetensors"
+    if damage == "truncated_weights":
+        weights.write_bytes(weights.read_bytes()[:-100])
+    elif damage == "no_weights":
+        weights.unlink()
+    elif damage == "config_not_json":
+        (folder / "config.json").write_text("{oops")
+    elif damage == "tokenizer_not_json":
+        (folder / "tokenizer.json").write_text("{oops")
+    refused(["chat", "--model_name_or_path", str(folder), "--query", "hi"], capsys, *parts)
+    refused(["chat", "--model_name_or_path", str(tiny_dir), "--adapter_name_or_path", str(folder), "--query", "hi"],
+            capsys, *parts)
