@@ -32,6 +32,7 @@ commands:
   sweep     train one prompt per combination of lengths / inits / learning rates, compare them
   compare   train several methods (prompt_tuning ... full) alike; a table, JSON and plot of their costs and scores
   inspect   what a soft prompt holds: sizes, nearest vocabulary tokens, norms
+  export    write a soft prompt as a plain tensor file (--format embeddings) for engines such as vLLM
 
 `softprompt <command> --help` lists the arguments of a command."""
 
@@ -212,8 +213,22 @@ def cmd_inspect(argv: list[str]) -> int:
     return 0
 
 
+def cmd_export(argv: list[str]) -> int:
+    from softprompt.export import ExportArgs, export_embeddings
+
+    (args,), _ = parse_args(argv, [ExportArgs], "softprompt export",
+                            "Write a prompt_tuning / p_tuning prompt as a (num_virtual_tokens, hidden_size) tensor "
+                            "file, to feed engines that take prompt embeddings (vLLM's prompt_embeds).")
+    if not args.adapter_name_or_path or not args.output:
+        raise ArgumentError("name the adapter and the file: --adapter_name_or_path DIR --output FILE.safetensors")
+    path = export_embeddings(args.adapter_name_or_path, args.output, args.dtype)
+    print(f"wrote {path}: prompt_embeds for {args.adapter_name_or_path}")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "chat": cmd_chat, "predict": cmd_predict, "serve": cmd_serve,
-            "eval": cmd_eval, "sweep": cmd_sweep, "compare": cmd_compare, "inspect": cmd_inspect}
+            "eval": cmd_eval, "sweep": cmd_sweep, "compare": cmd_compare, "inspect": cmd_inspect,
+            "export": cmd_export}
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
