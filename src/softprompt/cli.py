@@ -48,7 +48,7 @@ def _setup_logging() -> None:
 
 
 def cmd_train(argv: list[str]) -> int:
-    from softprompt.launch import is_main_process, launched, pop_nproc, relaunch
+    from softprompt.launch import is_main_process, launched, lone_accelerate_process, pop_nproc, relaunch
 
     nproc, argv = pop_nproc(argv)
     (model_args, data_args, method_args, train_args), _ = parse_args(
@@ -58,6 +58,9 @@ def cmd_train(argv: list[str]) -> int:
     )
     if nproc > 1 and not launched():
         return relaunch("train", argv, nproc)
+    if lone_accelerate_process():
+        log.warning("accelerate launch started ONE process: without GPUs it needs --multi_gpu (its torchrun "
+                    "launcher) or a config such as examples/accelerate/ddp.yaml; or use --nproc_per_node N")
     from softprompt.train import train
 
     result = train(model_args, data_args, method_args, train_args)

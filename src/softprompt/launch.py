@@ -42,6 +42,13 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def lone_accelerate_process() -> bool:
+    """``accelerate launch --num_processes N`` (N > 1) without ``--multi_gpu`` on a machine without GPUs:
+    Accelerate's simple launcher started this single process (its CPU multi-process path is mpirun),
+    setting MASTER_ADDR for the group but no WORLD_SIZE."""
+    return "ACCELERATE_USE_CPU" in os.environ and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ
+
+
 def is_main_process() -> bool:
     """Rank 0, or a run with no launcher at all."""
     return os.environ.get("RANK", "0") == "0"
