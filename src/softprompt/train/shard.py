@@ -63,6 +63,7 @@ def shard_base(model: nn.Module, accelerator: Accelerator, fsdp: str) -> bool:
     fully_shard(decoder, ignored_params={head.weight} if tied else None)
     if head is not None and not tied:
         fully_shard(head)
+    _rest_to(model, accelerator.device)  # fully_shard placed the shards; the adapter and a tied head follow
     setattr(model, MARK, True)
     local, whole = _bytes(base)
     log.info("--fsdp full_shard: %d decoder layers sharded over %d processes; each holds %.2f MB of the base's "
@@ -78,6 +79,19 @@ def _bytes(module: nn.Module) -> tuple[int, int]:
         whole += p.numel() * p.element_size()
         local += (p.to_local() if hasattr(p, "to_local") else p).numel() * p.element_size()
     return local, whole
+
+
+def _rest_to(model: nn.Module, device: torch.device) -> None:
+    """Move what FSDP does not manage (plain parameters and buffers) to ``device``; shards stay put."""
+    from torch.distributed.tensor import DTensor
+
+    for p in model.parameters():
+        if not isinstance(p, DTensor) and p.device != device:
+            p.data = p.data.to(device)  # in place: a tied head and its embedding stay one tensor
+    for module in model.modules():
+        for name, buf in module.named_buffers(recurse=False):
+            if not isinstance(buf, DTensor) and buf.device != device:
+                module._buffers[name] = buf.to(device)
 
 
 def _decoder_layers(decoder: nn.Module) -> list[nn.Module]:
