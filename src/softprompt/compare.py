@@ -202,7 +202,9 @@ def run_compare(plan: ComparePlan) -> dict[str, Any]:
             bar.update(1)
             if "error" not in row:
                 bar.set_description(f"compare: loading {method}" + (" and scoring it" if convs else ""))
-                lm = lm or load_model(plan.model.model_name_or_path, plan.model.cache_dir)
+                if lm is None:  # loaded once; a first answer warms it up, so no method pays for that
+                    lm = load_model(plan.model.model_name_or_path, plan.model.cache_dir)
+                    Predictor(lm, None, plan.data.template).chat(question, GenerateArgs(max_new_tokens=8))
                 row.update(_switch_and_score(plan, lm, out, question, eval_data, convs, labels))
             else:
                 log.warning("compare: %s failed: %s (log: %s)", method, row["error"], row["log"])

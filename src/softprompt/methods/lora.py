@@ -70,7 +70,8 @@ class Lora(nn.Module):
         if base is None:
             raise CheckpointError(f"{where}: a LoRA adapter needs its base model to load into")
         fields = {f.name for f in dataclasses.fields(LoraConfig)}
-        kwargs = {k: v for k, v in config.items() if k in fields and k not in ("peft_type", "auto_mapping")}
+        skip = ("peft_type", "auto_mapping", "base_model_name_or_path")  # peft names the base it is given
+        kwargs = {k: v for k, v in config.items() if k in fields and k not in skip}
         try:
             lora_config = LoraConfig(**{**kwargs, "inference_mode": not trainable})
             peft_model = get_peft_model(base, lora_config)
