@@ -292,6 +292,7 @@ def plot_compare(report: dict[str, Any], path: Path) -> Path:
         if r["eval_curve"]:
             ax.plot(*zip(*r["eval_curve"]), "o--", color=color, alpha=0.7)
     ax.set_xlabel("update")
+    ax.set_yscale("log")  # one method's first steps can sit far above the others
     ax.set_ylabel("loss (dashed: validation)")
     ax.grid(alpha=0.3)
     ax.legend(ncol=len(ok) or 1, fontsize=8)
