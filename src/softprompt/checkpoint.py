@@ -59,25 +59,6 @@ def write_adapter_files(
     _atomic_write(folder / CONFIG_NAME, lambda p: Path(p).write_text(text))
 
 
-def save_checkpoint_folder(
-    folder: str | Path, state: dict[str, torch.Tensor], config: dict[str, Any], metadata: dict[str, str] | None = None
-) -> Path:
-    """Write a complete adapter folder under a temporary name, then rename it to ``folder``."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
-        write_adapter_files(tmp, state, config, metadata)
-        os.chmod(tmp, 0o777 & ~_umask())
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
-
-
 def read_adapter_config(folder: str | Path) -> dict[str, Any]:
     folder = Path(folder)
     path = folder / CONFIG_NAME

@@ -237,6 +237,9 @@ class TrainArgs:
     """Write a checkpoint-N folder every this many updates (0 disables)."""
     save_total_limit: int | None = None
     """Keep at most this many checkpoint-N folders (oldest removed first)."""
+    resume_from_checkpoint: str | None = None
+    """Continue an interrupted run from a checkpoint-N folder, or 'true' for the newest in output_dir: restores the
+    trainable parameters, optimizer, scheduler, step, data order and RNG state; output_dir is kept, its log appended to."""
     eval_steps: int | None = None
     """Validation loss every this many updates when val_size > 0 (default: only at the end)."""
     seed: int = 42
@@ -256,6 +259,9 @@ class TrainArgs:
     gradient_checkpointing: bool = False
     """Recompute each decoder layer's activations in the backward pass instead of keeping them: less memory,
     about a third more compute. Works with every method, prefix tuning included."""
+    fsdp: str = ""
+    """'full_shard' (or LLaMA-Factory's 'full_shard auto_wrap'): with several processes, shard the frozen base's
+    decoder layers across them (FSDP2) and keep the adapter whole on each; for a base that does not fit one device."""
 
     def __post_init__(self) -> None:
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
@@ -280,8 +286,14 @@ class TrainArgs:
         for name in ("adam_beta1", "adam_beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ArgumentError(f"--{name} must be in [0, 1), got {getattr(self, name):g}")
+        if str(self.resume_from_checkpoint).strip().lower() in ("none", "false", ""):
+            self.resume_from_checkpoint = None  # YAML false / an empty value: start afresh
         if self.fp16 and self.bf16:
             raise ArgumentError("--fp16 and --bf16 are exclusive: pick one")
+        words = set(self.fsdp.split())
+        if words and ("full_shard" not in words or words - {"full_shard", "auto_wrap"}):
+            raise ArgumentError(f"--fsdp {self.fsdp!r}: supported is 'full_shard' (optionally with 'auto_wrap'); "
+                                "the decoder layers are always the units")
         if self.early_stopping_patience is not None:
             if self.early_stopping_patience < 1:
                 raise ArgumentError(f"--early_stopping_patience must be at least 1, got {self.early_stopping_patience}")
@@ -613,5 +625,7 @@ class ServeArgs:
         for name in ("max_batch_size", "max_queue"):
             if getattr(self, name) < 1:
                 raise ArgumentError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.api_key is not None and (not self.api_key.strip() or self.api_key != self.api_key.strip()):
+            raise ArgumentError("--api_key must be non-empty, without surrounding spaces")  # never echo the key
         if self.prompts_dir is not None and not Path(self.prompts_dir).is_dir():
             raise ArgumentError(f"--prompts_dir {self.prompts_dir} is not a folder")

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from softprompt.checkpoint import load_adapter, save_checkpoint_folder, write_adapter_files
+from softprompt.checkpoint import load_adapter, write_adapter_files
 from softprompt.config import ArgumentError, DataArgs, MethodArgs, ModelArgs, TrainArgs, as_dict
 from softprompt.data import collate, load_and_tokenize
 from softprompt.engine.forward import (AdaptedLM, decoder_hidden, enable_gradient_checkpointing, labelled_loss,
@@ -33,6 +33,8 @@ from softprompt.methods import METHODS, adapter_from_checkpoint, base_metadata, 
 from softprompt.model import LoadedModel, load_model, model_folder_as_base
 from softprompt.train.health import Health, NonFiniteError, State, check_finite
 from softprompt.train.plot import plot_loss
+from softprompt.train.resume import Progress, continue_from, restore, resume_folder, save_checkpoint
+from softprompt.train.shard import shard_base, sync_replicated_grads
 
 log = logging.getLogger("softprompt")
 
@@ -55,7 +57,7 @@ def check_output_dir(args: TrainArgs) -> None:
     out = Path(args.output_dir)
     if out.exists() and not out.is_dir():
         raise ArgumentError(f"--output_dir {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not args.overwrite_output_dir:
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite_output_dir and not args.resume_from_checkpoint:
         raise ArgumentError(f"--output_dir {out} is not empty; pass --overwrite_output_dir to replace it")
 
 
@@ -137,6 +139,7 @@ def _update(model, optimizer, scheduler, window, accelerator: Accelerator, args:
             accelerator.backward(loss_sum * scale)
         loss_total += float(loss_sum.detach())
         tokens += int(batch["attention_mask"].sum())
+    sync_replicated_grads(model, accelerator.num_processes)  # --fsdp: the adapter's gradients, averaged as DDP does
     # Log what the update optimized: the loss over every process's tokens, and all their real tokens.
     totals = accelerator.reduce(torch.tensor([loss_total, float(tokens)], device=accelerator.device), "sum")
     loss, tokens = float(totals[0]) / max(n_global, 1.0), int(totals[1])
@@ -164,9 +167,9 @@ class _Outputs:
         self.train_tokens, self.update_seconds = 0, 0.0
         """Real (non-padding) tokens trained on, and the seconds spent in updates (validation excluded)."""
         if self.main:
-            if self.dir.exists():
+            if self.dir.exists() and not args.resume_from_checkpoint:
                 shutil.rmtree(self.dir)  # --overwrite_output_dir was checked before anything was loaded
-            self.dir.mkdir(parents=True)
+            self.dir.mkdir(parents=True, exist_ok=True)  # resuming keeps output_dir and appends to its log
             (self.dir / "training_args.yaml").write_text(yaml.safe_dump(all_args, sort_keys=False))
             self.log_file = open(self.dir / "trainer_log.jsonl", "a", encoding="utf-8")
 
@@ -177,30 +180,19 @@ class _Outputs:
             self.log_file.flush()
 
     def save_adapter(self, folder: Path | None = None, state: State | None = None) -> None:
-        """Write the adapter (or ``state``, a copy of its tensors) to ``folder`` or to output_dir."""
+        """Write the adapter (or ``state``, a copy of its tensors) to ``folder`` or to output_dir.
+
+        A checkpoint's ``folder`` is a temporary one that :func:`resume.save_checkpoint` renames into place."""
         if not self.main:
             return
+        folder = folder or self.dir
         if getattr(self.adapter, "writes_model_folder", False):  # freeze / full: a whole model folder
-            self.adapter.save_model_folder(folder or self.dir, state)
-            if folder is not None:
-                self._rotate()
+            self.adapter.save_model_folder(folder, state)
             return
         state = self.adapter.adapter_state() if state is None else state
         config = self.adapter.adapter_config(self.lm.name, self.lm.model)
         meta = {"softprompt_init": str(getattr(self.adapter, "init", "")), **base_metadata(self.lm.model)}
-        if folder is None:
-            write_adapter_files(self.dir, state, config, meta)
-        else:
-            save_checkpoint_folder(folder, state, config, meta)
-            self._rotate()
-
-    def _rotate(self) -> None:
-        limit = self.args.save_total_limit
-        if not limit:
-            return
-        ckpts = sorted(self.dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-        for old in ckpts[:-limit]:
-            shutil.rmtree(old, ignore_errors=True)
+        write_adapter_files(folder, state, config, meta)
 
     def finish(self, result: dict) -> None:
         if not self.main:
@@ -214,6 +206,7 @@ class _Outputs:
 def train(model_args: ModelArgs, data_args: DataArgs, method_args: MethodArgs, args: TrainArgs) -> TrainResult:
     """Train an adapter as the arguments say and write it to ``args.output_dir`` in PEFT's format."""
     check_output_dir(args)
+    checkpoint = resume_folder(args)  # --resume_from_checkpoint, checked before anything is loaded
     model_args = model_folder_as_base(model_args)
     torch.manual_seed(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -243,15 +236,21 @@ def train(model_args: ModelArgs, data_args: DataArgs, method_args: MethodArgs, a
     total = _total_updates(args, len(train_loader))
     warmup = args.warmup_steps or math.ceil(args.warmup_ratio * total)
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=total)
-    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    if shard_base(model, accelerator, args.fsdp):  # the base sharded here, the adapter replicated: no DDP wrapper
+        optimizer, train_loader = accelerator.prepare(optimizer, train_loader)
+    else:
+        model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     if val_loader is not None:
         val_loader = accelerator.prepare(val_loader)
     accelerator.wait_for_everyone()  # every process checked output_dir before rank 0 replaces it
+    resumed = None if checkpoint is None else restore(checkpoint, accelerator.unwrap_model(model), optimizer,
+                                                      scheduler, args, accelerator.is_main_process)
     outputs = _Outputs(args, lm, adapter, accelerator, as_dict(model_args, data_args, method_args, args))
     outputs.sizes = {"trainable_params": n_params, "all_params": n_all}
     health = Health(adapter, args)
     try:
-        return _run(model, optimizer, scheduler, train_loader, val_loader, accelerator, args, total, outputs, health)
+        return _run(model, optimizer, scheduler, train_loader, val_loader, accelerator, args, total, outputs, health,
+                    resumed)
     except NonFiniteError as err:  # keep the last good adapter, then stop with one line
         if health.last_good is not None:
             outputs.save_adapter(state=health.last_good)
@@ -291,15 +290,18 @@ def _validate(model, val_loader, accelerator, step: int, epoch: float, total: in
 
 
 def _run(model, optimizer, scheduler, train_loader, val_loader, accelerator, args, total, outputs,
-         health: Health) -> TrainResult:
+         health: Health, resumed: Progress | None = None) -> TrainResult:
     start = last_log = time.time()
     stream = _micro_batches(train_loader)
     model.train()
-    pending, losses, tokens, eval_loss, step, stop = [], [], 0, None, 0, False
-    bar = tqdm(total=total, desc="train", unit="step", disable=not accelerator.is_main_process)
+    done = resumed or Progress()
+    pending, losses, tokens, eval_loss, step, stop = done.pending, done.losses, 0, done.eval_loss, done.step, False
+    if resumed is not None:
+        continue_from(resumed, stream, outputs, health, args)  # data order, RNG, log history, best-loss bookkeeping
+    bar = tqdm(total=total, initial=done.step, desc="train", unit="step", disable=not accelerator.is_main_process)
     if not accelerator.is_main_process:
         bar.write = lambda *_, **__: None  # tqdm.write prints even when the bar is disabled; rank 0 reports
-    for step in range(1, total + 1):
+    for step in range(done.step + 1, total + 1):
         window = [next(stream) for _ in range(args.gradient_accumulation_steps)]
         update_start = time.time()
         loss, grad_norm, lr, n_tok = _update(model, optimizer, scheduler, window, accelerator, args, step, health)
@@ -327,7 +329,8 @@ def _run(model, optimizer, scheduler, train_loader, val_loader, accelerator, arg
         if stop:
             break
         if args.save_steps and step % args.save_steps == 0 and step != total:
-            outputs.save_adapter(outputs.dir / f"checkpoint-{step}")
+            save_checkpoint(outputs, Progress(step, losses, pending, eval_loss, outputs.train_tokens),
+                            accelerator.unwrap_model(model), optimizer, scheduler, health, args)
     bar.close()
     return _finish(outputs, health, args, step, losses, eval_loss, time.time() - start)
 
