@@ -1,9 +1,10 @@
-"""Data parallel training: 2 processes x batch 2 == 1 process x batch 4 (CPU, gloo).
+"""Several processes on one machine (CPU, gloo): 2 processes x batch 2 == 1 process x batch 4.
 
-The 2-process run goes through ``softprompt train --nproc_per_node 2`` (torch.distributed's
-environment, one process group set up by Accelerate); the 1-process run is the plain CLI. Same
-seed, same data, same updates: the logged losses and the final prompt must agree to fp32 rounding,
-and the output folder must hold one copy of each file (only rank 0 writes).
+The 2-process runs go through ``softprompt train --nproc_per_node 2`` (torch.distributed's
+environment, one process group set up by Accelerate); the 1-process reference is the plain CLI.
+Same seed, same data, same updates: the logged losses and the final prompt must agree to fp32
+rounding, and the output folder must hold one copy of each file (only rank 0 writes). Once with
+data parallel alone (DDP), once with the frozen base sharded (``--fsdp full_shard``, FSDP2).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -21,51 +23,89 @@ from tests.helpers import train_flags, write_alpaca_dataset
 
 FILES = {"adapter_config.json", "adapter_model.safetensors", "checkpoint-2", "trainer_log.jsonl",
          "train_results.json", "training_args.yaml", "training_loss.png"}
+# 20 rows, 4 held out: 16 train = 2 updates per epoch of 4 x 2 accumulation; 3 updates cross an epoch.
+COMMON = dict(max_steps=3, gradient_accumulation_steps=2, save_steps=2, val_size=4, eval_steps=2,
+              per_device_eval_batch_size=2, plot_loss="true", seed=7)
 
 
 def _log(out) -> list[dict]:
     return [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
 
 
-def test_two_processes_match_one_process_with_the_global_batch(tiny_dir, tmp_path):
-    # 20 rows, 4 held out: 16 train = 2 updates per epoch of 4 x 2 accumulation; 3 updates cross an epoch.
-    data = write_alpaca_dataset(tmp_path / "data", n=20)
-    common = dict(max_steps=3, gradient_accumulation_steps=2, save_steps=2, val_size=4, eval_steps=2,
-                  per_device_eval_batch_size=2, plot_loss="true", seed=7)
-    one, two = tmp_path / "one", tmp_path / "two"
-    assert main(train_flags(tiny_dir, data, one, per_device_train_batch_size=4, **common)) == 0
+def _prompt(out):
+    return load_file(out / "adapter_model.safetensors")["prompt_embeddings"]
 
-    argv = train_flags(tiny_dir, data, two, per_device_train_batch_size=2, **common) + ["--nproc_per_node", "2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("WORLD_SIZE", None)
-    run = subprocess.run([sys.executable, "-m", "softprompt", *argv], env=env, capture_output=True, text=True,
-                         timeout=300)
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_alpaca_dataset(tmp_path_factory.mktemp("mp") / "data", n=20)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_dir, data, tmp_path_factory):
+    """One process, batch 4."""
+    out = tmp_path_factory.mktemp("mp") / "one"
+    assert main(train_flags(tiny_dir, data, out, per_device_train_batch_size=4, **COMMON)) == 0
+    return out
+
+
+def _two_processes(tiny_dir, data, out, *extra: str) -> subprocess.CompletedProcess:
+    argv = train_flags(tiny_dir, data, out, per_device_train_batch_size=2, **COMMON) + ["--nproc_per_node", "2",
+                                                                                        *extra]
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    run = subprocess.run([sys.executable, "-m", "softprompt", *argv], env={**env, "OMP_NUM_THREADS": "1"},
+                         capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count("saved ") == 1  # only rank 0 reports
+    return run
 
+
+def _same_run(one, two) -> None:
     log1, log2 = _log(one), _log(two)
     assert len(log1) == len(log2)  # one line per event, not one per process
-    losses1 = [r["loss"] for r in log1 if "loss" in r]
-    losses2 = [r["loss"] for r in log2 if "loss" in r]
-    assert len(losses1) == 3 and losses2 == losses1  # rounded to 4 decimals in the log
-    evals1 = [r["eval_loss"] for r in log1 if "eval_loss" in r]
-    assert evals1 and [r["eval_loss"] for r in log2 if "eval_loss" in r] == evals1
-    grads1 = [r["grad_norm"] for r in log1 if "grad_norm" in r]
-    assert [r["grad_norm"] for r in log2 if "grad_norm" in r] == grads1
-
-    p1 = load_file(one / "adapter_model.safetensors")["prompt_embeddings"]
-    p2 = load_file(two / "adapter_model.safetensors")["prompt_embeddings"]
+    for key in ("loss", "eval_loss", "grad_norm"):  # rounded to 4 decimals in the log
+        values = [r[key] for r in log1 if key in r]
+        assert values and [r[key] for r in log2 if key in r] == values, key
     at_step_2 = load_file(two / "checkpoint-2" / "adapter_model.safetensors")["prompt_embeddings"]
-    assert not torch.equal(at_step_2, p2)  # the prompt still moved in the last update
-    torch.testing.assert_close(p2, p1, rtol=1e-5, atol=1e-6)
-
+    assert not torch.equal(at_step_2, _prompt(two))  # the prompt still moved in the last update
+    torch.testing.assert_close(_prompt(two), _prompt(one), rtol=1e-5, atol=1e-6)
     assert {p.name for p in two.iterdir()} == FILES
-    r1 = json.loads((one / "train_results.json").read_text())
-    r2 = json.loads((two / "train_results.json").read_text())
+    r1, r2 = (json.loads((o / "train_results.json").read_text()) for o in (one, two))
     assert abs(r1["train_loss"] - r2["train_loss"]) < 1e-4 and r2["global_step"] == 3
 
 
-def test_nproc_flag_is_checked_before_anything_starts(tmp_path, capsys):
+def test_data_parallel_matches_one_process_with_the_global_batch(tiny_dir, data, reference, tmp_path):
+    _two_processes(tiny_dir, data, tmp_path / "two")
+    _same_run(reference, tmp_path / "two")
+
+
+def test_sharded_base_matches_one_process(tiny_dir, data, reference, tmp_path):
+    run = _two_processes(tiny_dir, data, tmp_path / "fsdp", "--fsdp", "full_shard")
+    # each process holds half of every decoder layer (the embeddings and LM head of the tiny model stay whole)
+    assert "2 decoder layers sharded over 2 processes" in run.stderr
+    _same_run(reference, tmp_path / "fsdp")
+
+
+def test_nproc_and_fsdp_flags_are_checked_before_anything_starts(tmp_path, capsys):
     assert main(["train", "--nproc_per_node", "zero", "--output_dir", str(tmp_path / "o")]) == 2
+    assert main(["train", "--fsdp", "shard_grad_op", "--output_dir", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--nproc_per_node" in err[0]
+    assert len(err) == 2 and "--nproc_per_node" in err[0] and "full_shard" in err[1]
+    assert not (tmp_path / "o").exists()
+
+
+def test_launch_flags_and_a_lone_accelerate_process(monkeypatch):
+    from softprompt.launch import lone_accelerate_process, pop_nproc
+
+    assert pop_nproc(["--a", "1", "--nproc_per_node=3", "--b"]) == (3, ["--a", "1", "--b"])
+    assert pop_nproc(["--nproc_per_node", "2", "x.yaml"]) == (2, ["x.yaml"])
+    assert pop_nproc(["x.yaml"]) == (1, ["x.yaml"])
+    for name in ("ACCELERATE_USE_CPU", "MASTER_ADDR", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert not lone_accelerate_process()
+    # `accelerate launch --num_processes 2` on a machine without GPUs: one process, a group address, no world size
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "False")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    assert lone_accelerate_process()
+    monkeypatch.setenv("WORLD_SIZE", "2")  # `--multi_gpu`: torchrun started them all
+    assert not lone_accelerate_process()
