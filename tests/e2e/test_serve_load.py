@@ -213,3 +213,11 @@ def test_the_key_never_reaches_the_logs(served):
     assert "serving" in log  # the log was captured
     assert SECRET not in log and SECRET[:12] not in log
     assert "Traceback" not in log
+
+
+@pytest.mark.parametrize("key", ["", "   ", f" {SECRET}", f"{SECRET}\n"])
+def test_a_blank_or_padded_key_is_refused_without_echoing_it(key, capsys):
+    assert main(["serve", "--api_key", key]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == ["softprompt serve: error: --api_key must be non-empty, without surrounding spaces"]
+    assert SECRET not in err
