@@ -10,6 +10,7 @@ import argparse
 import ast
 import dataclasses
 import inspect
+import json
 import logging
 import math
 import textwrap
@@ -262,6 +263,10 @@ class TrainArgs:
     fsdp: str = ""
     """'full_shard' (or LLaMA-Factory's 'full_shard auto_wrap'): with several processes, shard the frozen base's
     decoder layers across them (FSDP2) and keep the adapter whole on each; for a base that does not fit one device."""
+    deepspeed: str | None = None
+    """A DeepSpeed JSON config with ZeRO stage 3 (LLaMA-Factory's ds_z3_config.json works): with several processes,
+    partition the frozen base's weights across them (its zero_optimization section applies, offload included) and
+    keep the adapter whole on each; its optimizer, scheduler and precision sections are not used."""
 
     def __post_init__(self) -> None:
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
@@ -294,6 +299,10 @@ class TrainArgs:
         if words and ("full_shard" not in words or words - {"full_shard", "auto_wrap"}):
             raise ArgumentError(f"--fsdp {self.fsdp!r}: supported is 'full_shard' (optionally with 'auto_wrap'); "
                                 "the decoder layers are always the units")
+        if self.deepspeed:
+            if words:
+                raise ArgumentError("--fsdp and --deepspeed both shard the base: pick one")
+            read_deepspeed_config(self.deepspeed)
         if self.early_stopping_patience is not None:
             if self.early_stopping_patience < 1:
                 raise ArgumentError(f"--early_stopping_patience must be at least 1, got {self.early_stopping_patience}")
@@ -596,6 +605,22 @@ class InspectArgs:
     def __post_init__(self) -> None:
         if self.top_k < 1:
             raise ArgumentError(f"--top_k must be at least 1, got {self.top_k}")
+
+
+def read_deepspeed_config(path: str) -> dict[str, Any]:
+    """The JSON object in ``path``, checked to be a ZeRO stage 3 config."""
+    try:
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArgumentError(f"--deepspeed {path}: file not found (give a DeepSpeed JSON config)") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ArgumentError(f"--deepspeed {path}: not a JSON file ({' '.join(str(exc).split())[:120]})") from None
+    zero = config.get("zero_optimization") if isinstance(config, dict) else None
+    stage = zero.get("stage") if isinstance(zero, dict) else None
+    if stage != 3:
+        raise ArgumentError(f"--deepspeed {path}: zero_optimization.stage is {stage!r}; softprompt uses DeepSpeed to "
+                            "partition the frozen base's weights, which is stage 3")
+    return config
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -86,11 +87,37 @@ def test_sharded_base_matches_one_process(tiny_dir, data, reference, tmp_path):
     _same_run(reference, tmp_path / "fsdp")
 
 
-def test_nproc_and_fsdp_flags_are_checked_before_anything_starts(tmp_path, capsys):
-    assert main(["train", "--nproc_per_node", "zero", "--output_dir", str(tmp_path / "o")]) == 2
-    assert main(["train", "--fsdp", "shard_grad_op", "--output_dir", str(tmp_path / "o")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and "--nproc_per_node" in err[0] and "full_shard" in err[1]
+def test_zero3_partitioned_base_matches_one_process(tiny_dir, data, reference, tmp_path):
+    pytest.importorskip("deepspeed", reason="deepspeed is installed by make setup")
+    config = tmp_path / "ds_z3.json"  # LLaMA-Factory's ds_z3_config.json, with every parameter partitioned
+    config.write_text(json.dumps({
+        "train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto", "zero_allow_untested_optimizer": True, "bf16": {"enabled": "auto"},
+        "zero_optimization": {"stage": 3, "overlap_comm": False, "contiguous_gradients": True,
+                              "reduce_bucket_size": "auto", "stage3_prefetch_bucket_size": "auto",
+                              "stage3_param_persistence_threshold": 0, "stage3_gather_16bit_weights_on_model_save": True},
+    }))
+    run = _two_processes(tiny_dir, data, tmp_path / "z3", "--deepspeed", str(config))
+    assert "the weights of over 0 elements partitioned by ZeRO-3 over 2 processes" in run.stderr
+    held = re.search(r"each holds ([\d.]+) MB of the base's ([\d.]+) MB", run.stderr)
+    assert held and float(held[1]) < 0.6 * float(held[2])  # about half of every weight on each process
+    _same_run(reference, tmp_path / "z3")
+
+
+def test_nproc_fsdp_and_deepspeed_flags_are_checked_before_anything_starts(tmp_path, capsys):
+    stage2, broken = tmp_path / "z2.json", tmp_path / "broken.json"
+    stage2.write_text('{"zero_optimization": {"stage": 2}}')
+    broken.write_text('{"zero_optimization": ')
+    cases = [(["--nproc_per_node", "zero"], "--nproc_per_node must be a positive number"),
+             (["--fsdp", "shard_grad_op"], "supported is 'full_shard'"),
+             (["--deepspeed", str(tmp_path / "none.json")], "none.json: file not found"),
+             (["--deepspeed", str(broken)], "broken.json: not a JSON file"),
+             (["--deepspeed", str(stage2)], "zero_optimization.stage is 2; softprompt uses DeepSpeed to partition"),
+             (["--deepspeed", str(stage2), "--fsdp", "full_shard"], "--fsdp and --deepspeed both shard the base")]
+    for flags, expected in cases:
+        assert main(["train", *flags, "--output_dir", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], (flags, err)
     assert not (tmp_path / "o").exists()
 
 

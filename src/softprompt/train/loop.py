@@ -34,7 +34,7 @@ from softprompt.model import LoadedModel, load_model, model_folder_as_base
 from softprompt.train.health import Health, NonFiniteError, State, check_finite
 from softprompt.train.plot import plot_loss
 from softprompt.train.resume import Progress, continue_from, restore, resume_folder, save_checkpoint
-from softprompt.train.shard import shard_base, sync_replicated_grads
+from softprompt.train.shard import release_gathered, shard_base, sync_replicated_grads
 
 log = logging.getLogger("softprompt")
 
@@ -139,7 +139,7 @@ def _update(model, optimizer, scheduler, window, accelerator: Accelerator, args:
             accelerator.backward(loss_sum * scale)
         loss_total += float(loss_sum.detach())
         tokens += int(batch["attention_mask"].sum())
-    sync_replicated_grads(model, accelerator.num_processes)  # --fsdp: the adapter's gradients, averaged as DDP does
+    sync_replicated_grads(model, accelerator.num_processes)  # --fsdp/--deepspeed: the adapter's gradients, averaged
     # Log what the update optimized: the loss over every process's tokens, and all their real tokens.
     totals = accelerator.reduce(torch.tensor([loss_total, float(tokens)], device=accelerator.device), "sum")
     loss, tokens = float(totals[0]) / max(n_global, 1.0), int(totals[1])
@@ -153,6 +153,7 @@ def _update(model, optimizer, scheduler, window, accelerator: Accelerator, args:
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
+    release_gathered(model)  # --deepspeed: the weights the backward gathered
     return loss, float(grad_norm), lr, tokens
 
 
@@ -236,7 +237,7 @@ def train(model_args: ModelArgs, data_args: DataArgs, method_args: MethodArgs, a
     total = _total_updates(args, len(train_loader))
     warmup = args.warmup_steps or math.ceil(args.warmup_ratio * total)
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=total)
-    if shard_base(model, accelerator, args.fsdp):  # the base sharded here, the adapter replicated: no DDP wrapper
+    if shard_base(model, accelerator, args):  # the base sharded here, the adapter replicated: no DDP wrapper
         optimizer, train_loader = accelerator.prepare(optimizer, train_loader)
     else:
         model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
