@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from softprompt.checkpoint import is_model_folder
 from softprompt.config import (
-    ArgumentError, CompareArgs, DataArgs, GenerateArgs, MethodArgs, ModelArgs, TaskArgs, TrainArgs, load_yaml_args,
+    CompareArgs, DataArgs, GenerateArgs, MethodArgs, ModelArgs, TaskArgs, TrainArgs, load_yaml_args,
     parse_args,
 )
 from softprompt.data import load_conversations

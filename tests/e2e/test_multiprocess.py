@@ -95,7 +95,8 @@ def test_zero3_partitioned_base_matches_one_process(tiny_dir, data, reference, t
         "gradient_clipping": "auto", "zero_allow_untested_optimizer": True, "bf16": {"enabled": "auto"},
         "zero_optimization": {"stage": 3, "overlap_comm": False, "contiguous_gradients": True,
                               "reduce_bucket_size": "auto", "stage3_prefetch_bucket_size": "auto",
-                              "stage3_param_persistence_threshold": 0, "stage3_gather_16bit_weights_on_model_save": True},
+                              "stage3_param_persistence_threshold": 0,
+                              "stage3_gather_16bit_weights_on_model_save": True},
     }))
     run = _two_processes(tiny_dir, data, tmp_path / "z3", "--deepspeed", str(config))
     assert "the weights of over 0 elements partitioned by ZeRO-3 over 2 processes" in run.stderr

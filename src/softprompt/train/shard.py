@@ -36,7 +36,7 @@ from softprompt.config import ArgumentError, TrainArgs, read_deepspeed_config
 
 log = logging.getLogger("softprompt")
 
-MARK = "softprompt_fsdp"
+MARK = "softprompt_sharded"
 """Attribute set on the AdaptedLM whose base :func:`shard_base` sharded."""
 ENGINE = "_softprompt_zero3_engine"
 """Where the DeepSpeed engine of a ``--deepspeed`` run is kept (in the module's ``__dict__``: not a submodule)."""
@@ -113,7 +113,7 @@ def _zero3(model: nn.Module, args: TrainArgs, world: int) -> str:
             + (f" (offloaded to the {offload})" if offload != "none" else ""))
 
 
-AUTO_IGNORED = ("optimizer", "scheduler", "fp16", "bf16", "gradient_clipping", "zero_allow_untested_optimizer")
+NOT_USED = ("optimizer", "scheduler", "fp16", "bf16", "gradient_clipping", "zero_allow_untested_optimizer")
 """Sections of a DeepSpeed config that do not apply: softprompt's AdamW trains the adapter, --bf16/--fp16
 pick autocast, --max_grad_norm clips."""
 
@@ -126,8 +126,8 @@ def deepspeed_config(config: dict[str, Any], args: TrainArgs, base: nn.Module, w
             "stage3_prefetch_bucket_size": int(0.9 * d * d)}
     zero = {k: auto.get(k) if v == "auto" else v for k, v in config["zero_optimization"].items()}
     zero = {k: v for k, v in zero.items() if v is not None}  # an "auto" DeepSpeed knows better: its default
-    zero.setdefault("stage3_param_persistence_threshold", auto["stage3_param_persistence_threshold"])
-    unused = [k for k in AUTO_IGNORED if k in config]
+    zero.setdefault("stage3_param_persistence_threshold", auto["stage3_param_persistence_threshold"])  # absent: "auto"
+    unused = [k for k in NOT_USED if k in config]
     if zero.pop("offload_optimizer", None) is not None:  # no DeepSpeed optimizer here
         unused.append("zero_optimization.offload_optimizer")
     if unused:
