@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 import warnings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download at run time
@@ -243,6 +244,11 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return ArgumentError, CheckpointError, DataError, ModelNotFoundError, TrainingError
 
 
+RANK_ERROR_GRACE_S = 10
+"""How long a training process other than rank 0 waits before exiting on a user error (torchrun and
+--nproc_per_node stop every process as soon as one exits with an error; rank 0 exits at once)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -261,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         if os.environ.get("RANK", "0") == "0":  # one line, not one per training process
             print(f"softprompt {command}: error: {exc}", file=sys.stderr)
+        else:  # the other ranks hit the same error: let rank 0 print it before a launcher stops everyone
+            time.sleep(RANK_ERROR_GRACE_S)
         return 2
     except KeyboardInterrupt:
         print(f"softprompt {command}: interrupted", file=sys.stderr)

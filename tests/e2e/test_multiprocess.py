@@ -105,6 +105,22 @@ def test_zero3_partitioned_base_matches_one_process(tiny_dir, data, reference, t
     _same_run(reference, tmp_path / "z3")
 
 
+@pytest.mark.parametrize("plugin, name", [("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"), ("ACCELERATE_USE_FSDP", "FSDP")])
+def test_accelerate_plugins_are_refused_in_one_line_even_where_accelerate_drops_them(tiny_dir, data, tmp_path,
+                                                                                     plugin, name):
+    """On a CPU Accelerate ignores its FSDP / DeepSpeed plugin and runs plain data parallel without a word;
+    softprompt says the plugin is not the way (once, from rank 0, though every rank fails) and writes nothing."""
+    argv = train_flags(tiny_dir, data, tmp_path / "o", per_device_train_batch_size=2, max_steps=1)
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    run = subprocess.run([sys.executable, "-m", "softprompt", *argv, "--nproc_per_node", "2"],
+                         env={**env, plugin: "true", "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 2
+    errors = [line for line in run.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and f"Accelerate's {name} plugin would" in errors[0], run.stderr[-2000:]
+    assert "Traceback" not in run.stderr and not (tmp_path / "o").exists()
+
+
 def test_nproc_fsdp_and_deepspeed_flags_are_checked_before_anything_starts(tmp_path, capsys):
     stage2, broken = tmp_path / "z2.json", tmp_path / "broken.json"
     stage2.write_text('{"zero_optimization": {"stage": 2}}')

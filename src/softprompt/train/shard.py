@@ -23,6 +23,7 @@ does it after each update. The adapter stays plain, as with FSDP.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from typing import Any
 
@@ -52,8 +53,9 @@ def shard_base(model: nn.Module, accelerator: Accelerator, args: TrainArgs) -> b
 
     A sharded model is not handed to ``accelerator.prepare`` (no DDP around it).
     """
-    if accelerator.distributed_type in NOT_ACCELERATE:
-        raise ArgumentError(f"{NOT_ACCELERATE[accelerator.distributed_type]}: launch with a plain multi-process "
+    plugin = _accelerate_plugin(accelerator)
+    if plugin is not None:
+        raise ArgumentError(f"{NOT_ACCELERATE[plugin]}: launch with a plain multi-process "
                             "config (examples/accelerate/ddp.yaml, torchrun or --nproc_per_node N) and "
                             "--fsdp full_shard or --deepspeed CONFIG, which shard the frozen base and keep the "
                             "adapter whole")
@@ -78,6 +80,18 @@ def shard_base(model: nn.Module, accelerator: Accelerator, args: TrainArgs) -> b
     log.info("%s: %s over %d processes; each holds %.2f MB of the base's %.2f MB", flag, units,
              accelerator.num_processes, local / 2**20, whole / 2**20)
     return True
+
+
+def _accelerate_plugin(accelerator: Accelerator) -> DistributedType | None:
+    """Accelerate's FSDP or DeepSpeed plugin, if the launch config asked for one. On a CPU Accelerate drops
+    them without a word and runs plain data parallel; their environment variables still tell."""
+    if accelerator.distributed_type in NOT_ACCELERATE:
+        return accelerator.distributed_type
+    for kind, name in ((DistributedType.FSDP, "ACCELERATE_USE_FSDP"), (DistributedType.DEEPSPEED,
+                                                                         "ACCELERATE_USE_DEEPSPEED")):
+        if os.environ.get(name, "").lower() in ("1", "true"):
+            return kind
+    return None
 
 
 def _fsdp(base: nn.Module) -> str:
