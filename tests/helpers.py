@@ -37,6 +37,21 @@ def write_alpaca_dataset(folder: Path, name: str = "toy", n: int = 16) -> Path:
     return folder
 
 
+def train_peft_and_save(peft_model, folder: Path, steps: int = 2):
+    """A few AdamW steps of a PEFT model on random tokens (so its adapter is not its initial value), saved
+    with ``save_pretrained`` to ``folder``; returns the model in eval mode."""
+    import torch
+
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=0.1)
+    ids = torch.randint(3, 300, (2, 10))
+    for _ in range(steps):
+        peft_model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    peft_model.save_pretrained(folder)
+    return peft_model.eval()
+
+
 def train_flags(model: Path, data_dir: Path, out: Path, **extra) -> list[str]:
     flags = {
         "model_name_or_path": str(model), "dataset": "toy", "dataset_dir": str(data_dir),

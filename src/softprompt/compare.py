@@ -34,7 +34,7 @@ from softprompt.evaluate.run import eval_conversations, run_task
 from softprompt.evaluate.tasks import choose_labels
 from softprompt.inference import Predictor
 from softprompt.model import load_model
-from softprompt.train.loop import check_output_dir
+from softprompt.train.loop import fresh_output_dir
 
 log = logging.getLogger("softprompt")
 RUN_FILES = {"trainer_log.jsonl", "train_results.json", "training_args.yaml", "training_loss.png"}
@@ -175,13 +175,7 @@ def _is_lora(folder: Path) -> bool:
 
 def run_compare(plan: ComparePlan) -> dict[str, Any]:
     """Train, time and score every method; write compare.{json,md,png}; return the report."""
-    check_output_dir(plan.train)
-    root = Path(plan.train.output_dir)
-    if root.exists():
-        import shutil
-
-        shutil.rmtree(root)  # --overwrite_output_dir was given (check_output_dir refuses otherwise)
-    (root / "logs").mkdir(parents=True)
+    root = fresh_output_dir(plan.train, "logs")
     methods = plan.compare.method_list()
     convs, labels, eval_data = [], [], None
     if plan.compare.eval_dataset:

@@ -12,7 +12,6 @@ import itertools
 import json
 import logging
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from softprompt.evaluate.tasks import choose_labels
 from softprompt.inference import Predictor
 from softprompt.model import load_model
 from softprompt.train import TrainingError, train
-from softprompt.train.loop import check_output_dir
+from softprompt.train.loop import fresh_output_dir
 
 log = logging.getLogger("softprompt")
 AXES = {"num_virtual_tokens": int, "prompt_tuning_init": str, "learning_rate": float}
@@ -123,11 +122,7 @@ def combinations(plan: SweepPlan) -> list[tuple[str, MethodArgs, TrainArgs]]:
 
 def run_sweep(plan: SweepPlan) -> dict[str, Any]:
     """Train and score every combination; write sweep_results.{json,md} and sweep.png; return the report."""
-    check_output_dir(plan.train)
-    out = Path(plan.train.output_dir)
-    if out.exists():
-        shutil.rmtree(out)  # --overwrite_output_dir was given (check_output_dir refuses otherwise)
-    out.mkdir(parents=True)
+    out = fresh_output_dir(plan.train)
     runs = combinations(plan)
     task = plan.task.task
     lm = load_model(plan.model.model_name_or_path, plan.model.cache_dir) if task != "loss" else None

@@ -14,7 +14,7 @@ from softprompt.checkpoint import CheckpointError, load_adapter
 from softprompt.cli import main
 from softprompt.config import GenerateArgs
 from softprompt.inference import Predictor
-from tests.helpers import train_flags, write_alpaca_dataset
+from tests.helpers import train_flags, train_peft_and_save, write_alpaca_dataset
 
 
 @pytest.fixture(scope="module")
@@ -63,14 +63,7 @@ def test_peft_loads_ours_and_generates_the_same(tiny_dir, trained):
 def test_we_load_what_peft_trained_and_saved(tiny_dir, tmp_path):
     base = AutoModelForCausalLM.from_pretrained(tiny_dir)
     peft_model = get_peft_model(base, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5))
-    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=0.1)
-    ids = torch.randint(3, 300, (2, 10))
-    for _ in range(3):  # PEFT trains it, so the prompt is not its initial value
-        peft_model(input_ids=ids, labels=ids).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    peft_model.save_pretrained(tmp_path / "peft")
-    peft_model.eval()
+    train_peft_and_save(peft_model, tmp_path / "peft", steps=3)  # PEFT trains it: not its initial value
 
     predictor = Predictor.load(str(tiny_dir), str(tmp_path / "peft"))
     torch.testing.assert_close(predictor.adapter.prompt_embeds(),

@@ -20,7 +20,7 @@ from softprompt.engine.prefix import build_prefix
 from softprompt.inference import Predictor
 from softprompt.methods import prefix_tuning
 from softprompt.multitask import MultiTaskPredictor, Request
-from tests.helpers import train_flags, write_alpaca_dataset
+from tests.helpers import train_flags, train_peft_and_save, write_alpaca_dataset
 
 QUESTIONS = ["What is the capital of France?", "Name a color."]
 METHOD_FLAGS = {
@@ -80,14 +80,7 @@ def test_peft_loads_ours_and_generates_the_same(tiny_dir, trained, method):
 ], ids=["p_tuning", "prefix", "prefix_projection"])
 def test_we_load_what_peft_trained_and_saved(tiny_dir, tmp_path, config):
     peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_dir), config)
-    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=0.1)
-    ids = torch.randint(3, 300, (2, 10))
-    for _ in range(2):  # PEFT trains it, so the adapter is not its initial value
-        peft_model(input_ids=ids, labels=ids).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    peft_model.save_pretrained(tmp_path / "peft")
-    peft_model.eval()
+    train_peft_and_save(peft_model, tmp_path / "peft")  # PEFT trains it: not its initial value
 
     predictor = Predictor.load(str(tiny_dir), str(tmp_path / "peft"))
     tok = AutoTokenizer.from_pretrained(tiny_dir)

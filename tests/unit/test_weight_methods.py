@@ -18,7 +18,7 @@ from softprompt.cli import main
 from softprompt.config import ArgumentError, GenerateArgs, MethodArgs
 from softprompt.inference import Predictor
 from softprompt.methods import freeze
-from tests.helpers import train_flags, write_alpaca_dataset
+from tests.helpers import train_flags, train_peft_and_save, write_alpaca_dataset
 from tests.unit.test_methods_checkpoint import QUESTIONS, _peft_greedy
 
 METHOD_FLAGS = {
@@ -114,14 +114,7 @@ def test_freeze_arguments_pick_parameters(tiny_dir):
 def test_we_load_a_lora_peft_trained(tiny_dir, tmp_path):
     peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_dir),
                                 LoraConfig(task_type="CAUSAL_LM", r=2, target_modules=["k_proj", "o_proj"]))
-    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=0.1)
-    ids = torch.randint(3, 300, (2, 10))
-    for _ in range(2):
-        peft_model(input_ids=ids, labels=ids).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    peft_model.save_pretrained(tmp_path / "peft")
-    peft_model.eval()
+    train_peft_and_save(peft_model, tmp_path / "peft")
     predictor = Predictor.load(str(tiny_dir), str(tmp_path / "peft"))
     prompt = predictor.prompt_ids([{"role": "user", "content": QUESTIONS[1]}])
     ours = predictor.generate_ids([prompt], GenerateArgs(max_new_tokens=6))[0]

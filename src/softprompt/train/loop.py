@@ -61,6 +61,18 @@ def check_output_dir(args: TrainArgs) -> None:
         raise ArgumentError(f"--output_dir {out} is not empty; pass --overwrite_output_dir to replace it")
 
 
+def fresh_output_dir(args: TrainArgs, *subfolders: str) -> Path:
+    """``args.output_dir`` emptied (after :func:`check_output_dir`) with ``subfolders`` created in it: the
+    folder of a job that runs several trainings (compare, sweep)."""
+    check_output_dir(args)
+    out = Path(args.output_dir)
+    if out.exists():
+        shutil.rmtree(out)  # --overwrite_output_dir was given (check_output_dir refuses otherwise)
+    for sub in subfolders or (".",):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def choose_precision(args: TrainArgs, device: torch.device) -> str:
     """Accelerate's mixed_precision: what the flags ask for, where the device supports it."""
     if device.type == "cuda":
