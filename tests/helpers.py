@@ -52,6 +52,20 @@ def train_peft_and_save(peft_model, folder: Path, steps: int = 2):
     return peft_model.eval()
 
 
+def assert_greedy_equals_predictions(model, tok, rows: list[dict], max_new_tokens: int) -> None:
+    """A transformers / PEFT ``model`` generates greedily, from each row's ``prompt`` of a
+    generated_predictions.jsonl, exactly the row's ``predict`` (which must not be empty)."""
+    import torch
+
+    for row in rows:
+        ids = tok(row["prompt"], add_special_tokens=False, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                 do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        assert tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True) == row["predict"], row["prompt"]
+        assert row["predict"]
+
+
 def train_flags(model: Path, data_dir: Path, out: Path, **extra) -> list[str]:
     flags = {
         "model_name_or_path": str(model), "dataset": "toy", "dataset_dir": str(data_dir),

@@ -8,10 +8,10 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 from softprompt.cli import main
 from softprompt.model import resolve_gguf_alias
+from tests.helpers import assert_greedy_equals_predictions
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.default_model
@@ -53,14 +53,7 @@ def test_peft_with_gguf_base_generates_what_softprompt_predicts(trained_default,
                  "--per_device_eval_batch_size", "3", "--max_new_tokens", "12"]) == 0
     rows = [json.loads(x) for x in (tmp_path / "generated_predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 3
-    for row in rows:
-        ids = tok(row["prompt"], add_special_tokens=False, return_tensors="pt")["input_ids"]
-        with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12,
-                                 do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-        text = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-        assert text == row["predict"], row["prompt"]
-        assert row["predict"]
+    assert_greedy_equals_predictions(model, tok, rows, max_new_tokens=12)
 
 
 @pytest.mark.slow

@@ -9,10 +9,10 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from softprompt.cli import main
 from softprompt.model import resolve_gguf_alias
+from tests.helpers import assert_greedy_equals_predictions
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.default_model, pytest.mark.slow]
@@ -50,10 +50,4 @@ def test_each_method_trains_4_steps_and_loads_where_its_users_load_it(method, tm
         tok = AutoTokenizer.from_pretrained(out)
         model = AutoModelForCausalLM.from_pretrained(out).eval()
     assert len(rows) == 3
-    for row in rows:
-        ids = tok(row["prompt"], add_special_tokens=False, return_tensors="pt")["input_ids"]
-        with torch.no_grad():
-            gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12,
-                                 do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-        assert tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True) == row["predict"], row["prompt"]
-        assert row["predict"]
+    assert_greedy_equals_predictions(model, tok, rows, max_new_tokens=12)
