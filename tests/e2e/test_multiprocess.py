@@ -50,12 +50,15 @@ def reference(tiny_dir, data, tmp_path_factory):
     return out
 
 
+def _launch(argv: list[str], **env: str) -> subprocess.CompletedProcess:
+    """``softprompt <argv> --nproc_per_node 2`` in a fresh process, outside any launcher of the test run."""
+    base = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    return subprocess.run([sys.executable, "-m", "softprompt", *argv, "--nproc_per_node", "2"],
+                          env={**base, "OMP_NUM_THREADS": "1", **env}, capture_output=True, text=True, timeout=300)
+
+
 def _two_processes(tiny_dir, data, out, *extra: str) -> subprocess.CompletedProcess:
-    argv = train_flags(tiny_dir, data, out, per_device_train_batch_size=2, **COMMON) + ["--nproc_per_node", "2",
-                                                                                        *extra]
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    run = subprocess.run([sys.executable, "-m", "softprompt", *argv], env={**env, "OMP_NUM_THREADS": "1"},
-                         capture_output=True, text=True, timeout=300)
+    run = _launch(train_flags(tiny_dir, data, out, per_device_train_batch_size=2, **COMMON) + list(extra))
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count("saved ") == 1  # only rank 0 reports
     return run
@@ -110,11 +113,8 @@ def test_accelerate_plugins_are_refused_in_one_line_even_where_accelerate_drops_
                                                                                      plugin, name):
     """On a CPU Accelerate ignores its FSDP / DeepSpeed plugin and runs plain data parallel without a word;
     softprompt says the plugin is not the way (once, from rank 0, though every rank fails) and writes nothing."""
-    argv = train_flags(tiny_dir, data, tmp_path / "o", per_device_train_batch_size=2, max_steps=1)
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    run = subprocess.run([sys.executable, "-m", "softprompt", *argv, "--nproc_per_node", "2"],
-                         env={**env, plugin: "true", "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                         timeout=300)
+    run = _launch(train_flags(tiny_dir, data, tmp_path / "o", per_device_train_batch_size=2, max_steps=1),
+                  **{plugin: "true"})
     assert run.returncode == 2
     errors = [line for line in run.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and f"Accelerate's {name} plugin would" in errors[0], run.stderr[-2000:]

@@ -68,8 +68,9 @@ def fresh_output_dir(args: TrainArgs, *subfolders: str) -> Path:
     out = Path(args.output_dir)
     if out.exists():
         shutil.rmtree(out)  # --overwrite_output_dir was given (check_output_dir refuses otherwise)
-    for sub in subfolders or (".",):
-        (out / sub).mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True)
+    for sub in subfolders:
+        (out / sub).mkdir()
     return out
 
 

@@ -138,9 +138,9 @@ def deepspeed_config(config: dict[str, Any], args: TrainArgs, base: nn.Module, w
     d = base.config.get_text_config().hidden_size
     auto = {"stage3_param_persistence_threshold": 10 * d, "reduce_bucket_size": d * d,
             "stage3_prefetch_bucket_size": int(0.9 * d * d)}
-    zero = {k: auto.get(k) if v == "auto" else v for k, v in config["zero_optimization"].items()}
-    zero = {k: v for k, v in zero.items() if v is not None}  # an "auto" DeepSpeed knows better: its default
-    zero.setdefault("stage3_param_persistence_threshold", auto["stage3_param_persistence_threshold"])  # absent: "auto"
+    zero = {"stage3_param_persistence_threshold": "auto", **config["zero_optimization"]}  # absent: as "auto"
+    # an "auto" that does not depend on the model: DeepSpeed's own default
+    zero = {k: auto[k] if v == "auto" else v for k, v in zero.items() if v != "auto" or k in auto}
     unused = [k for k in NOT_USED if k in config]
     if zero.pop("offload_optimizer", None) is not None:  # no DeepSpeed optimizer here
         unused.append("zero_optimization.offload_optimizer")
