@@ -184,15 +184,12 @@ def cmd_sweep(argv: list[str]) -> int:
 
 def _check_prompt_adapter(path: str) -> None:
     """inspect reads soft prompts; say so for the other methods' outputs."""
-    from softprompt.checkpoint import is_model_folder, read_adapter_config
-    from softprompt.methods import PROMPT_PEFT_TYPES
+    from softprompt.checkpoint import is_model_folder
+    from softprompt.methods import REGISTRY, describe, read_adapter
 
-    kind = "a model folder (full / freeze fine-tuning)" if is_model_folder(path) else None
-    if kind is None and read_adapter_config(path).get("peft_type") not in PROMPT_PEFT_TYPES:
-        kind = f"a {read_adapter_config(path).get('peft_type')} adapter"
-    if kind:
-        raise ArgumentError(f"{path} is {kind}; inspect looks inside prompt adapters "
-                            "(prompt_tuning, p_tuning, prefix_tuning)")
+    if is_model_folder(path) or not read_adapter(path).spec.served:
+        served = ", ".join(s.name for s in REGISTRY.values() if s.served)
+        raise ArgumentError(f"{path} is {describe(path)}; inspect looks inside prompt adapters ({served})")
 
 
 def cmd_inspect(argv: list[str]) -> int:

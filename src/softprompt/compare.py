@@ -24,7 +24,6 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
-from softprompt.checkpoint import is_model_folder
 from softprompt.config import (
     CompareArgs, DataArgs, GenerateArgs, MethodArgs, ModelArgs, TaskArgs, TrainArgs, load_yaml_args,
     parse_args,
@@ -33,6 +32,7 @@ from softprompt.data import load_conversations
 from softprompt.evaluate.run import eval_conversations, run_task
 from softprompt.evaluate.tasks import choose_labels
 from softprompt.inference import Predictor
+from softprompt.methods import read_adapter
 from softprompt.model import load_model
 from softprompt.train.loop import fresh_output_dir
 
@@ -153,7 +153,7 @@ def _switch_and_score(plan: ComparePlan, lm, out: Path, question: list[dict], ev
                       labels) -> dict[str, Any]:
     """Seconds from the saved result to its first answer (the base already in memory), then the metric."""
     template = plan.data.template
-    own_copy = None if is_model_folder(out) or not _is_lora(out) else copy.deepcopy(lm)  # LoRA edits its base
+    own_copy = copy.deepcopy(lm) if _changes_base(out) else None  # LoRA edits its base
     start = time.time()
     predictor = Predictor(own_copy or lm, str(out), template, shared_base=False)
     predictor.chat(question, GenerateArgs(max_new_tokens=8))
@@ -166,11 +166,9 @@ def _switch_and_score(plan: ComparePlan, lm, out: Path, question: list[dict], ev
     return row
 
 
-def _is_lora(folder: Path) -> bool:
-    try:
-        return json.loads((folder / "adapter_config.json").read_text()).get("peft_type") == "LORA"
-    except (OSError, ValueError):
-        return False
+def _changes_base(folder: Path) -> bool:
+    """Whether the result in ``folder`` is an adapter that changes its base's weights (LoRA)."""
+    return (folder / "adapter_config.json").is_file() and read_adapter(folder).spec.kind == "weights"
 
 
 def run_compare(plan: ComparePlan) -> dict[str, Any]:

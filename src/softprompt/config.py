@@ -11,17 +11,18 @@ import ast
 import dataclasses
 import inspect
 import json
-import logging
 import math
 import textwrap
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import yaml
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_NUM_VIRTUAL_TOKENS = 20
+"""A prompt method's length when neither --num_virtual_tokens nor an init text gives one."""
 
 
 class ArgumentError(ValueError):
@@ -82,9 +83,9 @@ class DataArgs:
 
 @dataclass
 class MethodArgs:
-    finetuning_type: Literal["prompt_tuning", "p_tuning", "prefix_tuning", "lora", "freeze", "full"] = "prompt_tuning"
-    """Training method: a prompt method (prompt_tuning, p_tuning, prefix_tuning), LoRA (through peft), freeze
-    (only some layers train) or full (every weight trains)."""
+    finetuning_type: str = "prompt_tuning"
+    """Training method, one registered in softprompt.methods: a prompt method (prompt_tuning, p_tuning,
+    prefix_tuning), LoRA (through peft), freeze (only some layers train) or full (every weight trains)."""
     num_virtual_tokens: int | None = None
     """Length of the soft prompt (default 20, or the token count of prompt_tuning_init_text)."""
     prompt_tuning_init: str = "random"
@@ -125,42 +126,15 @@ class MethodArgs:
     freeze_extra_modules: str | None = None
     """freeze: comma-separated modules outside the decoder layers that train too (e.g. embed_tokens,norm)."""
 
-    # which finetuning_type reads each field; a field set away from its default for another type is
-    # ignored with a one-line warning. Fields not listed here are not checked.
-    USED_BY: ClassVar[dict[str, tuple[str, ...]]] = {
-        "num_virtual_tokens": ("prompt_tuning", "p_tuning", "prefix_tuning"),
-        "prompt_tuning_init": ("prompt_tuning", "prefix_tuning"),
-        "prompt_tuning_init_text": ("prompt_tuning", "prefix_tuning"),
-        "encoder_reparameterization_type": ("p_tuning",),
-        "encoder_hidden_size": ("p_tuning", "prefix_tuning"),
-        "encoder_num_layers": ("p_tuning",),
-        "encoder_dropout": ("p_tuning",),
-        "prefix_projection": ("prefix_tuning",),
-        **{name: ("lora",) for name in ("lora_rank", "lora_alpha", "lora_dropout", "lora_target",
-                                        "additional_target", "use_rslora", "use_dora")},
-        **{name: ("freeze",) for name in ("freeze_trainable_layers", "freeze_trainable_modules",
-                                          "freeze_extra_modules")},
-    }
-
-    def ignore_unused(self) -> list[str]:
-        """Reset each field the chosen method does not read (and that differs from its default) to
-        its default, warning once per field; returns their names."""
-        ignored = []
-        for f in dataclasses.fields(self):
-            users = self.USED_BY.get(f.name)
-            if users is None or self.finetuning_type in users or getattr(self, f.name) == f.default:
-                continue
-            logging.getLogger("softprompt").warning(
-                "--%s does not apply to --finetuning_type %s; ignored", f.name, self.finetuning_type)
-            setattr(self, f.name, f.default)
-            ignored.append(f.name)
-        return ignored
+    @property
+    def init(self) -> str:
+        """The initialisation in effect: ``text`` when only --prompt_tuning_init_text is given."""
+        if self.prompt_tuning_init_text is not None and self.prompt_tuning_init == "random":
+            return "text"
+        return self.prompt_tuning_init
 
     def __post_init__(self) -> None:
-        self.ignore_unused()
-        if self.prompt_tuning_init_text is not None and self.prompt_tuning_init == "random":
-            self.prompt_tuning_init = "text"
-        init = self.prompt_tuning_init
+        init = self.init
         if init not in ("random", "sample_vocab", "text") and ":" not in init:
             raise ArgumentError(
                 f"--prompt_tuning_init must be random, sample_vocab, text or module:function, got {init!r}"
@@ -186,12 +160,6 @@ class MethodArgs:
         if self.freeze_trainable_layers == 0:
             raise ArgumentError("--freeze_trainable_layers must not be 0: n > 0 trains the last n layers, "
                                 "n < 0 the first |n|")
-        if self.finetuning_type == "prefix_tuning" and init not in ("random", "sample_vocab", "text"):
-            raise ArgumentError(f"--prompt_tuning_init {init} is for prompt_tuning; prefix_tuning takes "
-                                "random, sample_vocab or text")
-        if self.finetuning_type == "prefix_tuning" and self.prefix_projection and init != "random":
-            raise ArgumentError(f"--prompt_tuning_init {init} sets the prefix K/V directly, which "
-                                "--prefix_projection cannot: drop one of them")
 
 
 @dataclass

@@ -20,13 +20,12 @@ from typing import Literal
 import torch
 from safetensors.torch import save_file
 
-from softprompt.checkpoint import _atomic_write, load_adapter
+from softprompt.checkpoint import _atomic_write
 from softprompt.config import ArgumentError
-from softprompt.methods import adapter_from_checkpoint
+from softprompt.methods import REGISTRY, read_adapter
 
 TENSOR_NAME = "prompt_embeds"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-EXPORTABLE = ("PROMPT_TUNING", "P_TUNING")
 
 
 @dataclass
@@ -47,15 +46,15 @@ class ExportArgs:
 
 def prompt_embeddings(adapter_dir: str | Path) -> tuple[torch.Tensor, dict[str, str]]:
     """The prompt's input embeddings ``(L, d)`` (fp32) and the adapter's facts (method, base, sizes)."""
-    config, state, _ = load_adapter(adapter_dir)
-    peft_type = str(config.get("peft_type"))
-    if peft_type == "PREFIX_TUNING":
-        raise ArgumentError(f"{adapter_dir} is a prefix_tuning adapter: it trains each layer's keys and values, "
+    files = read_adapter(adapter_dir)
+    spec, peft_type, config = files.spec, files.peft_type, files.config
+    if spec.kind == "prefix":
+        raise ArgumentError(f"{adapter_dir} is a {spec.name} adapter: it trains each layer's keys and values, "
                             "not input embeddings, so it has no prompt_embeds to export")
-    if peft_type not in EXPORTABLE:
-        raise ArgumentError(f"{adapter_dir} is a {peft_type} adapter: only prompt_tuning and p_tuning prompts "
-                            "are input embeddings")
-    adapter = adapter_from_checkpoint(config, state, str(adapter_dir))
+    if not spec.exportable:
+        names = " and ".join(s.name for s in REGISTRY.values() if s.exportable)
+        raise ArgumentError(f"{adapter_dir} is a {peft_type} adapter: only {names} prompts are input embeddings")
+    adapter = spec.load(config, files.state, files.path)
     with torch.no_grad():
         embeds = adapter.prompt_embeds().detach().float().cpu().contiguous()  # (L, d)
     facts = {"peft_type": peft_type, "base_model_name_or_path": str(config.get("base_model_name_or_path") or ""),

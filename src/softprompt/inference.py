@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
@@ -15,12 +14,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from softprompt.checkpoint import is_model_folder, load_adapter
+from softprompt.checkpoint import is_model_folder
 from softprompt.config import GenerateArgs
 from softprompt.data import Conversation, encode_prompt, render_prompt
 from softprompt.engine.forward import prefix_of
 from softprompt.engine.generate import generate
-from softprompt.methods import PROMPT_PEFT_TYPES, adapter_from_checkpoint, check_compatible
+from softprompt.methods import read_adapter
 from softprompt.model import LoadedModel, load_model
 
 log = logging.getLogger("softprompt")
@@ -42,12 +41,7 @@ class Predictor:
             log.info("%s is a model folder (full / freeze fine-tuning): answering with it", adapter_dir)
             self.lm = load_model(str(adapter_dir))
         elif adapter_dir:
-            config, state, meta = load_adapter(adapter_dir)
-            check_compatible(config, lm.model, lm.name, str(adapter_dir), meta)
-            base = lm.model
-            if config.get("peft_type") not in PROMPT_PEFT_TYPES and shared_base:
-                base = copy.deepcopy(lm.model)
-            self.adapter = adapter_from_checkpoint(config, state, str(adapter_dir), base=base)
+            self.adapter, base = read_adapter(adapter_dir).module(lm.model, lm.name, copy_base=shared_base)
             self.lm = dataclasses.replace(lm, model=base)
         lm = self.lm
         with torch.no_grad():

@@ -108,7 +108,7 @@ def combinations(plan: SweepPlan) -> list[tuple[str, MethodArgs, TrainArgs]]:
     for values in itertools.product(*(plan.axes[n] for n in names)):
         combo = dict(zip(names, values))
         n = combo.get("num_virtual_tokens", plan.method.num_virtual_tokens)
-        init = combo.get("prompt_tuning_init", plan.method.prompt_tuning_init)
+        init = combo.get("prompt_tuning_init", plan.method.init)
         lr = combo.get("learning_rate", plan.train.learning_rate)
         text = plan.method.prompt_tuning_init_text if init == "text" else None  # else it would turn init into text
         method = dataclasses.replace(plan.method, num_virtual_tokens=n, prompt_tuning_init=init,

@@ -18,7 +18,7 @@ from softprompt.cli import main
 from softprompt.engine.generate import SamplingParams
 from softprompt.engine.prefix import build_prefix
 from softprompt.inference import Predictor
-from softprompt.methods import prefix_tuning
+from softprompt.methods import prefix_tuning, resolve
 from softprompt.multitask import MultiTaskPredictor, Request
 from tests.helpers import train_flags, train_peft_and_save, write_alpaca_dataset
 
@@ -121,18 +121,18 @@ def test_prefix_text_init_is_the_prefill_of_the_text(tiny_dir):
 
 def test_arguments_of_another_method_are_ignored_with_a_warning(caplog):
     with caplog.at_level(logging.WARNING, logger="softprompt"):
-        args = MethodArgs(finetuning_type="p_tuning", prompt_tuning_init_text="hello", encoder_hidden_size=8)
+        args = resolve(MethodArgs(finetuning_type="p_tuning", prompt_tuning_init_text="hello", encoder_hidden_size=8))
     assert args.prompt_tuning_init_text is None and args.prompt_tuning_init == "random"
     assert args.encoder_hidden_size == 8
     assert [r.getMessage() for r in caplog.records] == [
         "--prompt_tuning_init_text does not apply to --finetuning_type p_tuning; ignored"]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="softprompt"):
-        MethodArgs(finetuning_type="prompt_tuning", prefix_projection=True, encoder_dropout=0.1)
+        resolve(MethodArgs(finetuning_type="prompt_tuning", prefix_projection=True, encoder_dropout=0.1))
     assert [r.getMessage().split()[0] for r in caplog.records] == ["--encoder_dropout", "--prefix_projection"]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="softprompt"):
-        MethodArgs(finetuning_type="prefix_tuning")  # defaults never warn
+        resolve(MethodArgs(finetuning_type="prefix_tuning"))  # defaults never warn
     assert not caplog.records
     with pytest.raises(ArgumentError, match="--prefix_projection"):
-        MethodArgs(finetuning_type="prefix_tuning", prefix_projection=True, prompt_tuning_init_text="hi")
+        resolve(MethodArgs(finetuning_type="prefix_tuning", prefix_projection=True, prompt_tuning_init_text="hi"))

@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from softprompt.cli import main
 from softprompt.config import ArgumentError, GenerateArgs, MethodArgs
 from softprompt.inference import Predictor
-from softprompt.methods import freeze
+from softprompt.methods import freeze, resolve
 from tests.helpers import train_flags, train_peft_and_save, write_alpaca_dataset
 from tests.unit.test_methods_checkpoint import QUESTIONS, _peft_greedy
 
@@ -132,7 +132,7 @@ def test_training_continues_from_a_saved_run(tiny_dir, trained, tmp_path, method
 
 def test_lora_arguments_warn_elsewhere_and_are_checked(caplog):
     with caplog.at_level(logging.WARNING, logger="softprompt"):
-        MethodArgs(finetuning_type="prompt_tuning", lora_rank=16, freeze_trainable_layers=4)
+        resolve(MethodArgs(finetuning_type="prompt_tuning", lora_rank=16, freeze_trainable_layers=4))
     assert [r.getMessage() for r in caplog.records] == [
         "--lora_rank does not apply to --finetuning_type prompt_tuning; ignored",
         "--freeze_trainable_layers does not apply to --finetuning_type prompt_tuning; ignored"]

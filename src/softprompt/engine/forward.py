@@ -9,6 +9,7 @@ from transformers import PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from softprompt.engine.prefix import PrefixKV, build_prefix
+from softprompt.methods import of
 
 IGNORE_INDEX = -100
 
@@ -83,15 +84,14 @@ def labelled_loss(model: PreTrainedModel, hidden: torch.Tensor, labels: torch.Te
 
 
 def prefix_of(base: PreTrainedModel, adapter) -> PrefixKV | None:
-    """The prefix KV an adapter puts in front of every row (None for weight-only methods).
+    """The prefix KV an adapter puts in front of every row (None without one, or for a weights method).
 
-    Prompt methods give ``prompt_embeds()`` (L, d): one batch-1 pass of the frozen model.
+    A prompt method gives ``prompt_embeds()`` (L, d): one batch-1 pass of the frozen model.
     """
-    if adapter is None:
-        return None
-    if hasattr(adapter, "prompt_embeds"):
+    kind = of(adapter).kind if adapter is not None else None
+    if kind == "prompt":
         return build_prefix(base, adapter.prompt_embeds())
-    if hasattr(adapter, "prefix_kv"):  # prefix tuning: its parameters are the K/V (kept fp32, cast to the base's dtype)
+    if kind == "prefix":  # prefix tuning: its parameters are the K/V (kept fp32, cast to the base's dtype)
         kv = adapter.prefix_kv()
         return PrefixKV([k.to(base.dtype) for k in kv.keys], [v.to(base.dtype) for v in kv.values])
     return None

@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
-from softprompt.checkpoint import CONFIG_NAME, CheckpointError, load_adapter
+from softprompt.checkpoint import CONFIG_NAME, CheckpointError
 from softprompt.engine.forward import prefix_of
 from softprompt.engine.prefix import PrefixKV
-from softprompt.methods import BY_PEFT_TYPE, PROMPT_PEFT_TYPES, adapter_from_checkpoint, check_compatible
+from softprompt.methods import REGISTRY, read_adapter
 
 BASE_TASK = "base"
 
@@ -117,14 +117,13 @@ class PromptRegistry:
 
     def _compute(self, name: str, folder: Path, signature: tuple) -> PrefixKV | None:
         try:
-            config, state, meta = load_adapter(folder)
-            if config.get("peft_type") in BY_PEFT_TYPE and config["peft_type"] not in PROMPT_PEFT_TYPES:
-                raise CheckpointError(f"{folder}: a {config['peft_type']} adapter changes the base model's weights, "
+            files = read_adapter(folder)
+            if not files.spec.served:
+                served = ", ".join(s.peft_type for s in REGISTRY.values() if s.served and s.peft_type)
+                raise CheckpointError(f"{folder}: a {files.peft_type} adapter changes the base model's weights, "
                                       "so it cannot share a batch with other tasks; the server serves prompt "
-                                      f"adapters ({', '.join(PROMPT_PEFT_TYPES)}). Use `softprompt chat` or "
-                                      "`predict` for it")
-            adapter = adapter_from_checkpoint(config, state, str(folder))
-            check_compatible(config, self.base, self.base_name, str(folder), meta)
+                                      f"adapters ({served}). Use `softprompt chat` or `predict` for it")
+            adapter, _ = files.module(self.base, self.base_name)
         except CheckpointError as exc:
             raise TaskUnavailableError(f"task {name!r}: {exc}") from None
         if _signature(folder) != signature:

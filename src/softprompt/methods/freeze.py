@@ -14,9 +14,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from softprompt.config import ArgumentError, MethodArgs
 from softprompt.methods.full import WeightTuning
-
-PEFT_TYPE = None
-MODIFIES_BASE = True
+from softprompt.methods.spec import MethodSpec, register
 
 
 def _names(value: str | None) -> list[str]:
@@ -65,3 +63,9 @@ def create(base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, args: Meth
     for name, p in base.named_parameters():
         p.requires_grad_(name in names)
     return WeightTuning(base, tokenizer, "freeze")
+
+
+SPEC = register(MethodSpec(
+    name="freeze", kind="weights", build=create,
+    arguments=("freeze_trainable_layers", "freeze_trainable_modules", "freeze_extra_modules"),
+))

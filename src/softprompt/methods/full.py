@@ -18,9 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from softprompt.checkpoint import save_model_folder
 from softprompt.config import MethodArgs
-
-PEFT_TYPE = None
-MODIFIES_BASE = True
+from softprompt.methods.spec import MethodSpec, register
 
 
 class WeightTuning(nn.Module):
@@ -29,9 +27,6 @@ class WeightTuning(nn.Module):
     ``adapter_state()`` is those weights by their names in ``base.state_dict()``; saving writes the
     whole model, since what changed is part of it.
     """
-
-    peft_type = None
-    writes_model_folder = True
 
     def __init__(self, base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, method: str):
         super().__init__()
@@ -66,3 +61,6 @@ def create(base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, args: Meth
     """Every parameter of ``base`` trains."""
     base.requires_grad_(True)
     return WeightTuning(base, tokenizer, "full")
+
+
+SPEC = register(MethodSpec(name="full", kind="weights", build=create))

@@ -22,10 +22,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from softprompt.checkpoint import CheckpointError
 from softprompt.config import ArgumentError, MethodArgs
+from softprompt.methods.spec import MethodSpec, register
 
 PEFT_TYPE = "LORA"
-MODIFIES_BASE = True
-"""The adapter changes the base model's layers: one base cannot serve it beside other tasks."""
 
 
 def _names(value: str | None) -> list[str] | None:
@@ -38,8 +37,6 @@ class Lora(nn.Module):
     The layers are the base's submodules (trainable: ``requires_grad``), not this module's, so
     the base keeps a single owner; ``adapter_state()`` collects them with PEFT's key names.
     """
-
-    peft_type = PEFT_TYPE
 
     def __init__(self, peft_model: PeftModel):
         super().__init__()
@@ -112,3 +109,10 @@ def create(base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, args: Meth
     except ValueError as exc:  # e.g. a --lora_target that names no module of this model
         raise ArgumentError(f"--lora_target {args.lora_target}: {str(exc).splitlines()[0]}") from None
     return Lora(peft_model)
+
+
+SPEC = register(MethodSpec(
+    name="lora", kind="weights", build=create, peft_type=PEFT_TYPE, from_checkpoint=Lora.from_checkpoint,
+    arguments=("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "additional_target", "use_rslora", "use_dora"),
+))
+Lora.method = SPEC  # a module made by the class itself knows its method too

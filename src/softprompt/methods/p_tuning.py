@@ -20,12 +20,12 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from softprompt.checkpoint import CheckpointError
-from softprompt.config import MethodArgs
+from softprompt.config import DEFAULT_NUM_VIRTUAL_TOKENS, MethodArgs
 from softprompt.methods.prompt_tuning import peft_prompt_config, saved_prompt
+from softprompt.methods.spec import MethodSpec, register
 
 PEFT_TYPE = "P_TUNING"
 STATE_KEY = "prompt_embeddings"
-DEFAULT_LENGTH = 20
 ENCODER_TYPES = ("MLP", "LSTM")
 log = logging.getLogger("softprompt")
 
@@ -35,8 +35,6 @@ class PTuning(nn.Module):
 
     With ``inference_mode`` (a loaded checkpoint) there is no encoder: the embedding is the prompt.
     """
-
-    peft_type = PEFT_TYPE
 
     def __init__(self, num_virtual_tokens: int, token_dim: int, encoder_type: str = "MLP",
                  hidden_size: int | None = None, num_layers: int = 2, dropout: float = 0.0,
@@ -99,7 +97,7 @@ class PTuning(nn.Module):
         }
 
     @classmethod
-    def from_checkpoint(cls, config: dict[str, Any], state: dict[str, torch.Tensor], where: str) -> PTuning:
+    def from_checkpoint(cls, config: dict[str, Any], state: dict[str, torch.Tensor], where: str, **_: Any) -> PTuning:
         """The saved encoded prompt, as an encoder-less (inference-mode) module."""
         weight = saved_prompt(config, state, where)
         n = weight.shape[0]
@@ -126,5 +124,14 @@ def create(
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return PTuning(args.num_virtual_tokens or DEFAULT_LENGTH, d, args.encoder_reparameterization_type,
+        return PTuning(args.num_virtual_tokens or DEFAULT_NUM_VIRTUAL_TOKENS, d, args.encoder_reparameterization_type,
                        args.encoder_hidden_size, args.encoder_num_layers, args.encoder_dropout)
+
+
+SPEC = register(MethodSpec(
+    name="p_tuning", kind="prompt", build=create, peft_type=PEFT_TYPE, from_checkpoint=PTuning.from_checkpoint,
+    arguments=("num_virtual_tokens", "encoder_reparameterization_type", "encoder_hidden_size", "encoder_num_layers",
+               "encoder_dropout"),
+    default_length=DEFAULT_NUM_VIRTUAL_TOKENS,
+))
+PTuning.method = SPEC  # a module made by the class itself knows its method too

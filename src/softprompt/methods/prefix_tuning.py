@@ -20,12 +20,12 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from softprompt.checkpoint import CheckpointError
-from softprompt.config import ArgumentError, MethodArgs
+from softprompt.config import DEFAULT_NUM_VIRTUAL_TOKENS, ArgumentError, MethodArgs
 from softprompt.kv import PrefixKV, build_prefix
+from softprompt.methods.spec import MethodSpec, register
 
 PEFT_TYPE = "PREFIX_TUNING"
 STATE_KEY = "prompt_embeddings"
-DEFAULT_LENGTH = 20
 
 
 def kv_shape(base: PreTrainedModel) -> tuple[int, int, int]:
@@ -39,8 +39,6 @@ def kv_shape(base: PreTrainedModel) -> tuple[int, int, int]:
 
 class PrefixTuning(nn.Module):
     """PEFT's prefix encoder. ``prefix_kv()`` gives per-layer K/V ``(1, n_kv_heads, L, head_dim)``."""
-
-    peft_type = PEFT_TYPE
 
     def __init__(self, num_virtual_tokens: int, num_layers: int, kv_heads: int, head_dim: int,
                  prefix_projection: bool = False, encoder_hidden_size: int | None = None,
@@ -105,7 +103,8 @@ class PrefixTuning(nn.Module):
         }
 
     @classmethod
-    def from_checkpoint(cls, config: dict[str, Any], state: dict[str, torch.Tensor], where: str) -> PrefixTuning:
+    def from_checkpoint(cls, config: dict[str, Any], state: dict[str, torch.Tensor], where: str,
+                        **_: Any) -> PrefixTuning:
         """The saved flat prefix, as an inference-mode module (no projection to run)."""
         if STATE_KEY not in state:
             raise CheckpointError(f"{where}: no '{STATE_KEY}' tensor in adapter_model.safetensors")
@@ -152,10 +151,10 @@ def initial_ids(
     args: MethodArgs, tokenizer: PreTrainedTokenizerBase, vocab: int, generator: torch.Generator
 ) -> list[int] | None:
     """Token ids whose prefill starts the prefix (None for a random start), tiled or cut to length."""
-    if args.prompt_tuning_init == "random":
+    if args.init == "random":
         return None
-    if args.prompt_tuning_init == "sample_vocab":
-        L = args.num_virtual_tokens or DEFAULT_LENGTH
+    if args.init == "sample_vocab":
+        L = args.num_virtual_tokens or DEFAULT_NUM_VIRTUAL_TOKENS
         return torch.randint(0, vocab, (L,), generator=generator).tolist()
     ids = tokenizer(args.prompt_tuning_init_text, add_special_tokens=False)["input_ids"]
     if not ids:
@@ -170,7 +169,7 @@ def create(
     """A new prefix for ``base``: PEFT's random init (seeded by ``generator``), or the prefill of a text."""
     layers, kv_heads, head_dim = kv_shape(base)
     ids = initial_ids(args, tokenizer, base.get_input_embeddings().weight.shape[0], generator)
-    L = len(ids) if ids is not None else (args.num_virtual_tokens or DEFAULT_LENGTH)
+    L = len(ids) if ids is not None else (args.num_virtual_tokens or DEFAULT_NUM_VIRTUAL_TOKENS)
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -178,5 +177,25 @@ def create(
     if ids is not None:
         with torch.no_grad():
             module.embedding.weight.copy_(prefill_prefix(base, ids))
-        module.init = args.prompt_tuning_init
+        module.init = args.init
     return module
+
+
+def check(args: MethodArgs) -> None:
+    """The inits prefix tuning can honour: random, sample_vocab, or a text's K/V, and not with a projection."""
+    if args.init not in ("random", "sample_vocab", "text"):
+        raise ArgumentError(f"--prompt_tuning_init {args.init} is for prompt_tuning; prefix_tuning takes "
+                            "random, sample_vocab or text")
+    if args.prefix_projection and args.init != "random":
+        raise ArgumentError(f"--prompt_tuning_init {args.init} sets the prefix K/V directly, which "
+                            "--prefix_projection cannot: drop one of them")
+
+
+SPEC = register(MethodSpec(
+    name="prefix_tuning", kind="prefix", build=create, peft_type=PEFT_TYPE,
+    from_checkpoint=PrefixTuning.from_checkpoint, incompatibility=PrefixTuning.incompatibility, check=check,
+    arguments=("num_virtual_tokens", "prompt_tuning_init", "prompt_tuning_init_text", "encoder_hidden_size",
+               "prefix_projection"),
+    default_length=DEFAULT_NUM_VIRTUAL_TOKENS,
+))
+PrefixTuning.method = SPEC  # a module made by the class itself knows its method too

@@ -14,17 +14,15 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from softprompt.checkpoint import CheckpointError
-from softprompt.config import ArgumentError, MethodArgs
+from softprompt.config import DEFAULT_NUM_VIRTUAL_TOKENS, ArgumentError, MethodArgs
+from softprompt.methods.spec import MethodSpec, register
 
 PEFT_TYPE = "PROMPT_TUNING"
 STATE_KEY = "prompt_embeddings"
-DEFAULT_LENGTH = 20
 
 
 class PromptTuning(nn.Module):
     """The soft prompt. ``prompt_embeds()`` is ``(num_virtual_tokens, token_dim)``."""
-
-    peft_type = PEFT_TYPE
 
     def __init__(self, num_virtual_tokens: int, token_dim: int, init: str = "random"):
         super().__init__()
@@ -55,7 +53,8 @@ class PromptTuning(nn.Module):
         }
 
     @classmethod
-    def from_checkpoint(cls, config: dict[str, Any], state: dict[str, torch.Tensor], where: str) -> PromptTuning:
+    def from_checkpoint(cls, config: dict[str, Any], state: dict[str, torch.Tensor], where: str,
+                        **_: Any) -> PromptTuning:
         weight = saved_prompt(config, state, where)
         module = cls(weight.shape[0], weight.shape[1])
         with torch.no_grad():
@@ -100,13 +99,13 @@ def initial_prompt(
     args: MethodArgs, embeddings: torch.Tensor, tokenizer: PreTrainedTokenizerBase, generator: torch.Generator
 ) -> torch.Tensor:
     """The starting prompt, ``(L, d)``, from the vocabulary ``embeddings`` (V, d)."""
-    init = args.prompt_tuning_init
+    init = args.init
     text_ids = None
     if init == "text":
         text_ids = tokenizer(args.prompt_tuning_init_text, add_special_tokens=False)["input_ids"]
         if not text_ids:
             raise ArgumentError("--prompt_tuning_init_text tokenizes to nothing; give some text")
-    L = args.num_virtual_tokens or (len(text_ids) if text_ids else DEFAULT_LENGTH)
+    L = args.num_virtual_tokens or (len(text_ids) if text_ids else DEFAULT_NUM_VIRTUAL_TOKENS)
     V, d = embeddings.shape
     emb = embeddings.detach().float()
     if init == "random":  # normal, scaled to the vocabulary embeddings' statistics
@@ -138,7 +137,15 @@ def create(
 ) -> PromptTuning:
     """A new soft prompt for ``base``, initialised as ``args`` says."""
     weight = initial_prompt(args, base.get_input_embeddings().weight, tokenizer, generator)
-    module = PromptTuning(weight.shape[0], weight.shape[1], init=args.prompt_tuning_init)
+    module = PromptTuning(weight.shape[0], weight.shape[1], init=args.init)
     with torch.no_grad():
         module.embedding.weight.copy_(weight)
     return module
+
+
+SPEC = register(MethodSpec(
+    name="prompt_tuning", kind="prompt", build=create, peft_type=PEFT_TYPE, from_checkpoint=PromptTuning.from_checkpoint,
+    arguments=("num_virtual_tokens", "prompt_tuning_init", "prompt_tuning_init_text"),
+    default_length=DEFAULT_NUM_VIRTUAL_TOKENS,
+))
+PromptTuning.method = SPEC  # a module made by the class itself knows its method too

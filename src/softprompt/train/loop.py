@@ -24,12 +24,11 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from softprompt.checkpoint import load_adapter, write_adapter_files
 from softprompt.config import ArgumentError, DataArgs, MethodArgs, ModelArgs, TrainArgs, as_dict
 from softprompt.data import collate, load_and_tokenize
 from softprompt.engine.forward import (AdaptedLM, decoder_hidden, enable_gradient_checkpointing, labelled_loss,
                                       prefix_of)
-from softprompt.methods import METHODS, adapter_from_checkpoint, base_metadata, check_compatible
+from softprompt import methods
 from softprompt.model import LoadedModel, load_model, model_folder_as_base
 from softprompt.train.health import Health, NonFiniteError, State, check_finite
 from softprompt.train.plot import plot_loss
@@ -199,14 +198,7 @@ class _Outputs:
         A checkpoint's ``folder`` is a temporary one that :func:`resume.save_checkpoint` renames into place."""
         if not self.main:
             return
-        folder = folder or self.dir
-        if getattr(self.adapter, "writes_model_folder", False):  # freeze / full: a whole model folder
-            self.adapter.save_model_folder(folder, state)
-            return
-        state = self.adapter.adapter_state() if state is None else state
-        config = self.adapter.adapter_config(self.lm.name, self.lm.model)
-        meta = {"softprompt_init": str(getattr(self.adapter, "init", "")), **base_metadata(self.lm.model)}
-        write_adapter_files(folder, state, config, meta)
+        methods.save_adapter(self.adapter, folder or self.dir, self.lm.name, self.lm.model, state)
 
     def finish(self, result: dict) -> None:
         if not self.main:
@@ -219,6 +211,7 @@ class _Outputs:
 
 def train(model_args: ModelArgs, data_args: DataArgs, method_args: MethodArgs, args: TrainArgs) -> TrainResult:
     """Train an adapter as the arguments say and write it to ``args.output_dir`` in PEFT's format."""
+    method_args = methods.resolve(method_args)  # the method exists and takes these arguments
     check_output_dir(args)
     checkpoint = resume_folder(args)  # --resume_from_checkpoint, checked before anything is loaded
     model_args = model_folder_as_base(model_args)
@@ -275,17 +268,15 @@ def train(model_args: ModelArgs, data_args: DataArgs, method_args: MethodArgs, a
 
 def _initial_adapter(lm: LoadedModel, model_args: ModelArgs, method_args: MethodArgs, seed: int):
     """A new adapter, or the one in --adapter_name_or_path to continue training it."""
+    spec = methods.get(method_args.finetuning_type)
     if not model_args.adapter_name_or_path:
-        return METHODS[method_args.finetuning_type].create(
-            lm.model, lm.tokenizer, method_args, torch.Generator().manual_seed(seed)
-        )
-    config, state, meta = load_adapter(model_args.adapter_name_or_path)
-    check_compatible(config, lm.model, lm.name, model_args.adapter_name_or_path, meta)
-    adapter = adapter_from_checkpoint(config, state, model_args.adapter_name_or_path, base=lm.model, trainable=True)
-    if getattr(METHODS[method_args.finetuning_type], "PEFT_TYPE", None) != adapter.peft_type:
-        raise ArgumentError(f"--adapter_name_or_path {model_args.adapter_name_or_path} holds a {adapter.peft_type} "
+        return spec.create(lm.model, lm.tokenizer, method_args, torch.Generator().manual_seed(seed))
+    files = methods.read_adapter(model_args.adapter_name_or_path)
+    if files.spec is not spec:
+        raise ArgumentError(f"--adapter_name_or_path {model_args.adapter_name_or_path} holds a {files.peft_type} "
                             f"adapter; --finetuning_type {method_args.finetuning_type} cannot continue it")
-    log.info("continuing training of %s (%s)", model_args.adapter_name_or_path, adapter.peft_type)
+    adapter, _ = files.module(lm.model, lm.name, trainable=True)
+    log.info("continuing training of %s (%s)", model_args.adapter_name_or_path, files.peft_type)
     return adapter
 
 

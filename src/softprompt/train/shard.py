@@ -33,6 +33,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from torch import nn
 
+from softprompt import methods
 from softprompt.config import ArgumentError, TrainArgs, read_deepspeed_config
 
 log = logging.getLogger("softprompt")
@@ -63,9 +64,10 @@ def shard_base(model: nn.Module, accelerator: Accelerator, args: TrainArgs) -> b
         return False
     flag = "--fsdp full_shard" if args.fsdp else f"--deepspeed {args.deepspeed}"
     base = model.base
-    if any(p.requires_grad for p in base.parameters()):
+    if not methods.of(model.adapter).served:
+        prefixes = ", ".join(s.name for s in methods.REGISTRY.values() if s.served)
         raise ArgumentError(f"{flag} shards a frozen base; this method trains the base's own weights "
-                            "(use a prompt method: prompt_tuning, p_tuning, prefix_tuning)")
+                            f"(use a prompt method: {prefixes})")
     if accelerator.num_processes < 2:
         log.warning("%s needs several processes (torchrun, accelerate launch or --nproc_per_node N); "
                     "one process: the base stays whole", flag)

@@ -1,0 +1,147 @@
+"""The method registry: one :class:`MethodSpec` per ``--finetuning_type``, registered by the method's own file.
+
+Like PEFT's map from a ``peft_type`` to its tuner, this is the one place that knows the methods;
+every list of them elsewhere (the ``--finetuning_type`` choices, which arguments a method reads,
+which adapters the server batches or ``export`` writes, which checkpoint a ``peft_type`` names)
+is derived from it. A method file ends with ``SPEC = register(MethodSpec(...))``; a file dropped
+into ``softprompt/methods/`` is registered when the package is imported, and a spec registered
+from anywhere else (a plugin, a test) works the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from softprompt.checkpoint import CheckpointError
+from softprompt.config import ArgumentError, MethodArgs
+
+log = logging.getLogger("softprompt")
+
+Kind = Literal["prompt", "prefix", "weights"]
+SPEC_ATTR = "method"
+"""The attribute of a created or loaded module that holds its :class:`MethodSpec`."""
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What softprompt needs to know of a method; the module it creates holds only trainable parameters."""
+
+    name: str
+    """The ``--finetuning_type`` that selects it."""
+    kind: Kind
+    """'prompt': the module's ``prompt_embeds()`` (L, d) runs through the frozen base once to give the prefix K/V;
+    'prefix': its ``prefix_kv()`` is the prefix K/V; 'weights': it trains the base model's own weights, no prefix."""
+    build: Callable[..., nn.Module]
+    """``build(base, tokenizer, method_args, generator)``: a new trainable module for ``base``."""
+    peft_type: str | None = None
+    """PEFT's ``peft_type`` in adapter_config.json; None: the method writes a whole model folder instead."""
+    from_checkpoint: Callable[..., nn.Module] | None = None
+    """``from_checkpoint(config, state, where, base=None, trainable=False)``: the module a PEFT adapter folder holds
+    (a prefix method ignores ``base``; a weights method puts itself into ``base``)."""
+    arguments: tuple[str, ...] = ()
+    """The MethodArgs fields it reads; set away from their defaults for another method, they are ignored with a
+    warning."""
+    default_length: int | None = None
+    """Virtual tokens when neither --num_virtual_tokens nor an init text gives the length (prompt and prefix kinds)."""
+    check: Callable[[MethodArgs], None] | None = None
+    """Raise ArgumentError for argument combinations the method cannot honour (before any model is loaded)."""
+    incompatibility: Callable[[dict[str, Any], Any], str | None] | None = None
+    """``incompatibility(config, base)``: why a saved adapter cannot sit on ``base`` (None: it can); unset, the
+    config's ``token_dim`` must equal the base's hidden size."""
+
+    @property
+    def served(self) -> bool:
+        """A prefix: one base model serves it beside other tasks in one batch (``softprompt serve``)."""
+        return self.kind != "weights"
+
+    @property
+    def exportable(self) -> bool:
+        """Input embeddings (L, d) that ``softprompt export --format embeddings`` can write."""
+        return self.kind == "prompt"
+
+    @property
+    def writes_model_folder(self) -> bool:
+        """Its result is a whole model folder (config.json + weights), not a PEFT adapter."""
+        return self.peft_type is None
+
+    def create(self, base, tokenizer, args: MethodArgs, generator: torch.Generator) -> nn.Module:
+        """A new trainable module for ``base``, initialised as ``args`` say; it carries this spec."""
+        return _stamp(self.build(base, tokenizer, args, generator), self)
+
+    def load(self, config: dict[str, Any], state: dict[str, torch.Tensor], where: str, base=None,
+             trainable: bool = False) -> nn.Module:
+        """The module an adapter folder's files hold; it carries this spec."""
+        if self.from_checkpoint is None:
+            raise CheckpointError(f"{where}: a {self.name} result is a model folder, not an adapter")
+        return _stamp(self.from_checkpoint(config, state, where, base=base, trainable=trainable), self)
+
+
+def _stamp(module: nn.Module, spec: MethodSpec) -> nn.Module:
+    module.__dict__[SPEC_ATTR] = spec  # a plain attribute: not a parameter, not a submodule, not saved
+    return module
+
+
+REGISTRY: dict[str, MethodSpec] = {}
+"""finetuning_type -> spec, in registration order."""
+
+
+def register(spec: MethodSpec) -> MethodSpec:
+    """Add ``spec`` (a method of that name or PEFT type registered before is replaced)."""
+    for name, old in list(REGISTRY.items()):
+        if name != spec.name and spec.peft_type is not None and old.peft_type == spec.peft_type:
+            raise ValueError(f"method {spec.name!r}: peft_type {spec.peft_type!r} belongs to method {name!r} already")
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+def unregister(name: str) -> None:
+    REGISTRY.pop(name, None)
+
+
+def get(name: str) -> MethodSpec:
+    """The spec of ``--finetuning_type name``; an ArgumentError listing the registered ones if there is none."""
+    if name not in REGISTRY:
+        raise ArgumentError(f"--finetuning_type must be one of {', '.join(REGISTRY)}; got {name!r}")
+    return REGISTRY[name]
+
+
+def by_peft_type(peft_type: str) -> MethodSpec | None:
+    """The method that saves adapters of PEFT type ``peft_type`` (None: no such method)."""
+    return next((s for s in REGISTRY.values() if s.peft_type is not None and s.peft_type == peft_type), None)
+
+
+def of(module: nn.Module | None) -> MethodSpec | None:
+    """The spec of a module made by :meth:`MethodSpec.create` or :meth:`MethodSpec.load` (None for None)."""
+    return None if module is None else getattr(module, SPEC_ATTR)
+
+
+def peft_types(kind: str | None = None) -> list[str]:
+    """The PEFT types of the registered methods (of one kind, or of every method that saves an adapter)."""
+    return [s.peft_type for s in REGISTRY.values() if s.peft_type and (kind is None or s.kind == kind)]
+
+
+def resolve(args: MethodArgs) -> MethodArgs:
+    """``args`` checked against the chosen method: an unknown method, or a combination the method cannot
+    honour, is an ArgumentError; each argument only other methods read (set away from its default) is
+    reset to its default with a one-line warning. Returns a new MethodArgs; calling it again warns no more."""
+    spec = get(args.finetuning_type)
+    readers = {f: [s.name for s in REGISTRY.values() if f in s.arguments] for s in REGISTRY.values()
+               for f in s.arguments}
+    reset = {}
+    for f in dataclasses.fields(args):
+        users = readers.get(f.name)
+        if not users or spec.name in users or getattr(args, f.name) == f.default:
+            continue
+        log.warning("--%s does not apply to --finetuning_type %s; ignored", f.name, spec.name)
+        reset[f.name] = f.default
+    args = dataclasses.replace(args, **reset) if reset else args
+    if spec.check is not None:
+        spec.check(args)
+    return args
