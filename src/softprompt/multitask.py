@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from softprompt.data import encode_prompt
 from softprompt.engine.generate import SamplingParams, generate
-from softprompt.engine.registry import PromptRegistry
+from softprompt.prompts import PromptRegistry
 from softprompt.model import LoadedModel, load_model
 
 

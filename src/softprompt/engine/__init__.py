@@ -2,6 +2,6 @@
 
 from softprompt.engine.forward import decoder_hidden, labelled_loss
 from softprompt.engine.generate import generate
-from softprompt.engine.prefix import PrefixKV, build_prefix
+from softprompt.kv import PrefixKV, build_prefix
 
 __all__ = ["PrefixKV", "build_prefix", "decoder_hidden", "labelled_loss", "generate"]

@@ -8,7 +8,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from softprompt.engine.prefix import PrefixKV, build_prefix
+from softprompt.kv import PrefixKV, build_prefix
 
 IGNORE_INDEX = -100
 

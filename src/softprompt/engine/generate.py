@@ -9,7 +9,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from softprompt.data.collate import left_pad
-from softprompt.engine.prefix import PrefixKV, stack_prefixes
+from softprompt.kv import PrefixKV, stack_prefixes
 
 
 def pick_next(

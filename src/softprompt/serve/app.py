@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException
 from softprompt.data import DataError
 from softprompt.data.formats import check_unicode
 from softprompt.engine.generate import SamplingParams
-from softprompt.engine.registry import TaskUnavailableError, UnknownTaskError
+from softprompt.prompts import TaskUnavailableError, UnknownTaskError
 from softprompt.multitask import ContextLengthError, MultiTaskPredictor, Request as GenRequest, Result
 from softprompt.serve import protocol as P
 from softprompt.serve.batcher import Batcher, QueueFullError

@@ -1,4 +1,8 @@
-"""Prompt registry: task name -> adapter folder -> prefix K/V, computed once, kept in an LRU by bytes.
+"""The prompts a :class:`~softprompt.multitask.MultiTaskPredictor` serves: task name -> adapter folder
+-> prefix K/V, computed once, kept in an LRU by bytes (``PromptRegistry``).
+
+This reads and polls adapter folders, so it sits above the engine (which knows token ids and
+tensors only) and next to ``multitask.py``, its one user.
 
 Every subfolder of ``prompts_dir`` holding an ``adapter_config.json`` is a task named after it;
 ``base`` is the bare model. Folders are looked up on each request, so an adapter dropped in is
@@ -18,7 +22,7 @@ from transformers import PreTrainedModel
 
 from softprompt.checkpoint import CONFIG_NAME, CheckpointError, load_adapter
 from softprompt.engine.forward import prefix_of
-from softprompt.engine.prefix import PrefixKV
+from softprompt.kv import PrefixKV
 from softprompt.methods import BY_PEFT_TYPE, PROMPT_PEFT_TYPES, adapter_from_checkpoint, check_compatible
 
 BASE_TASK = "base"
