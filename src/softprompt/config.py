@@ -21,6 +21,8 @@ from typing import Any, ClassVar, Literal
 
 import yaml
 
+from softprompt.defaults import MAX_NEW_TOKENS
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
@@ -313,7 +315,7 @@ class TrainArgs:
 
 @dataclass
 class GenerateArgs:
-    max_new_tokens: int = 128
+    max_new_tokens: int = MAX_NEW_TOKENS
     """Maximum tokens to generate per answer."""
     temperature: float = 0.0
     """Sampling temperature; 0 means greedy decoding."""

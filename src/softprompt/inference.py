@@ -1,6 +1,7 @@
 """Using a trained adapter: a base model, its prompt's prefix K/V computed once, batched generation.
 
-``Predictor`` is the Python API behind ``softprompt chat`` and ``softprompt predict``.
+``Predictor`` is the Python API behind ``softprompt chat`` and ``softprompt predict``: the one-task case
+of :class:`~softprompt.multitask.MultiTaskPredictor`, which it holds for prompt encoding and generation.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from tqdm.auto import tqdm
 
 from softprompt.checkpoint import is_model_folder, load_adapter
 from softprompt.config import GenerateArgs
-from softprompt.data import Conversation, encode_prompt, render_prompt
+from softprompt.data import Conversation, render_prompt
 from softprompt.engine.forward import prefix_of
-from softprompt.engine.generate import generate
+from softprompt.engine.generate import SamplingParams
 from softprompt.methods import PROMPT_PEFT_TYPES, adapter_from_checkpoint, check_compatible
 from softprompt.model import LoadedModel, load_model
+from softprompt.multitask import MultiTaskPredictor
 
 log = logging.getLogger("softprompt")
 
@@ -31,7 +33,8 @@ class Predictor:
 
     A prompt adapter's prefix K/V is computed once here and shared by every request and row. A
     LoRA adapter goes into the base model (into a copy of it when ``shared_base``: others use
-    ``lm`` too); a model folder written by full / freeze training replaces the base.
+    ``lm`` too); a model folder written by full / freeze training replaces the base. Encoding and
+    generation are those of a :class:`MultiTaskPredictor` over ``lm`` (``tasks``), given this prefix.
     """
 
     def __init__(self, lm: LoadedModel, adapter_dir: str | None = None, template: str | None = None,
@@ -49,11 +52,10 @@ class Predictor:
                 base = copy.deepcopy(lm.model)
             self.adapter = adapter_from_checkpoint(config, state, str(adapter_dir), base=base)
             self.lm = dataclasses.replace(lm, model=base)
-        lm = self.lm
         with torch.no_grad():
-            prefix = prefix_of(lm.model, self.adapter)
+            prefix = prefix_of(self.lm.model, self.adapter)
         self.prefix = prefix.detach() if prefix is not None else None
-        self.eos_token_ids = lm.eos_token_ids
+        self.tasks = MultiTaskPredictor(self.lm, template=template)
 
     @classmethod
     def load(cls, model_name_or_path: str, adapter_dir: str | None = None, template: str | None = None,
@@ -64,16 +66,13 @@ class Predictor:
         return cls(load_model(model_name_or_path, cache_dir), adapter_dir, template, shared_base=False)
 
     def prompt_ids(self, messages: Sequence[dict], system: str | None = None, tools: str | None = None) -> list[int]:
-        return encode_prompt(self.lm.tokenizer, messages, system, tools, self.template)
+        return self.tasks.chat_ids(messages, tools, system)
 
     def generate_ids(self, prompts: Sequence[Sequence[int]], gen: GenerateArgs) -> list[list[int]]:
-        """New token ids for each prompt, generated together in one batch."""
-        generator = torch.Generator().manual_seed(gen.seed)
-        return generate(
-            self.lm.model, prompts, self.prefix, max_new_tokens=gen.max_new_tokens,
-            eos_token_ids=self.eos_token_ids, pad_token_id=self.lm.tokenizer.pad_token_id,
-            temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k, generator=generator,
-        )
+        """New token ids for each prompt, generated together in one batch; sampled rows share one
+        generator seeded with ``gen.seed``."""
+        params = SamplingParams(gen.max_new_tokens, gen.temperature, gen.top_p, gen.top_k)
+        return self.tasks.generate(prompts, self.prefix, params, torch.Generator().manual_seed(gen.seed))
 
     def chat(self, messages: Sequence[dict], gen: GenerateArgs, system: str | None = None) -> str:
         ids = self.generate_ids([self.prompt_ids(messages, system)], gen)[0]

@@ -136,7 +136,7 @@ def _refuse_if_full(batcher: Batcher) -> None:
 
 
 def _request(predictor: MultiTaskPredictor, body: P._Sampling, ids: list[int]) -> GenRequest:
-    max_tokens = body.max_completion_tokens or body.max_tokens or 256
+    max_tokens = body.max_completion_tokens or body.max_tokens or P.DEFAULT_MAX_TOKENS
     params = SamplingParams(max_tokens, body.temperature, body.top_p, body.top_k, body.seed)
     request = GenRequest(body.model, ids, params, body.stop_list())
     try:

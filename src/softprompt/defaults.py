@@ -1,0 +1,12 @@
+"""Defaults and reserved names that several layers share, each defined once.
+
+The bottom layer (it imports nothing): the flags (``config.py``), the engine (``SamplingParams``),
+the jobs and the server read these.
+"""
+
+from __future__ import annotations
+
+MAX_NEW_TOKENS = 128
+"""The most tokens generated per answer when the caller names no limit (``--max_new_tokens``,
+``SamplingParams``). The server's own default for a request without ``max_tokens`` is
+``serve.protocol.DEFAULT_MAX_TOKENS``."""
