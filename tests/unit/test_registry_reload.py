@@ -59,3 +59,13 @@ def test_folder_changing_during_the_read_is_refused(lm, tmp_path, monkeypatch):
     assert "task" not in reg._cache  # nothing half-read was kept
     monkeypatch.setattr(prompts_module, "load_adapter", real_load)
     assert reg.prefix("task") is not None  # the retry serves the new, complete files
+
+
+def test_base_and_none_both_mean_the_bare_model(lm, tmp_path):
+    from softprompt.evaluate.run import adapter_entries
+
+    write_prompt(tmp_path / "task", lm, 0.1)
+    reg = PromptRegistry(lm.model, lm.name, tmp_path)
+    assert reg.prefix("base") is None and reg.prefix("none") is None
+    assert reg.names() == ["base", "task"]
+    assert adapter_entries("none,base,out/a") == [None, None, "out/a"]
