@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 import yaml
 
+from softprompt.defaults import MAX_NEW_TOKENS
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_NUM_VIRTUAL_TOKENS = 20
 """A prompt method's length when neither --num_virtual_tokens nor an init text gives one."""
@@ -281,7 +283,7 @@ class TrainArgs:
 
 @dataclass
 class GenerateArgs:
-    max_new_tokens: int = 128
+    max_new_tokens: int = MAX_NEW_TOKENS
     """Maximum tokens to generate per answer."""
     temperature: float = 0.0
     """Sampling temperature; 0 means greedy decoding."""

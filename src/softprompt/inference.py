@@ -1,28 +1,26 @@
 """Using a trained adapter: a base model, its prompt's prefix K/V computed once, batched generation.
 
-``Predictor`` is the Python API behind ``softprompt chat`` and ``softprompt predict``.
+``Predictor`` is the Python API behind ``softprompt chat`` and ``softprompt predict``: the one-task case
+of :class:`~softprompt.multitask.MultiTaskPredictor`, which it holds for prompt encoding and generation.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from softprompt.checkpoint import is_model_folder
 from softprompt.config import GenerateArgs
-from softprompt.data import Conversation, encode_prompt, render_prompt
+from softprompt.data import Conversation, render_prompt
 from softprompt.engine.forward import prefix_of
-from softprompt.engine.generate import generate
+from softprompt.engine.generate import SamplingParams
 from softprompt.methods import read_adapter
-from softprompt.model import LoadedModel, load_model
-
-log = logging.getLogger("softprompt")
+from softprompt.model import LoadedModel, load_model, split_model_folder
+from softprompt.multitask import MultiTaskPredictor
 
 
 class Predictor:
@@ -30,44 +28,39 @@ class Predictor:
 
     A prompt adapter's prefix K/V is computed once here and shared by every request and row. A
     LoRA adapter goes into the base model (into a copy of it when ``shared_base``: others use
-    ``lm`` too); a model folder written by full / freeze training replaces the base.
+    ``lm`` too); a model folder written by full / freeze training replaces the base. Encoding and
+    generation are those of a :class:`MultiTaskPredictor` over ``lm`` (``tasks``), given this prefix.
     """
 
     def __init__(self, lm: LoadedModel, adapter_dir: str | None = None, template: str | None = None,
                  shared_base: bool = True):
         self.lm, self.template = lm, template
         self.adapter = None
-        if adapter_dir and is_model_folder(adapter_dir):
-            log.info("%s is a model folder (full / freeze fine-tuning): answering with it", adapter_dir)
-            self.lm = load_model(str(adapter_dir))
+        model, adapter_dir = split_model_folder(lm.name, adapter_dir)
+        if model != lm.name:
+            self.lm = load_model(model)
         elif adapter_dir:
             self.adapter, base = read_adapter(adapter_dir).module(lm.model, lm.name, copy_base=shared_base)
             self.lm = dataclasses.replace(lm, model=base)
-        lm = self.lm
         with torch.no_grad():
-            prefix = prefix_of(lm.model, self.adapter)
+            prefix = prefix_of(self.lm.model, self.adapter)
         self.prefix = prefix.detach() if prefix is not None else None
-        self.eos_token_ids = lm.eos_token_ids
+        self.tasks = MultiTaskPredictor(self.lm, template=template)
 
     @classmethod
     def load(cls, model_name_or_path: str, adapter_dir: str | None = None, template: str | None = None,
              cache_dir: str | None = None) -> Predictor:
-        if adapter_dir and is_model_folder(adapter_dir):
-            model_name_or_path, adapter_dir = adapter_dir, None
-            log.info("%s is a model folder (full / freeze fine-tuning): answering with it", model_name_or_path)
+        model_name_or_path, adapter_dir = split_model_folder(model_name_or_path, adapter_dir)
         return cls(load_model(model_name_or_path, cache_dir), adapter_dir, template, shared_base=False)
 
     def prompt_ids(self, messages: Sequence[dict], system: str | None = None, tools: str | None = None) -> list[int]:
-        return encode_prompt(self.lm.tokenizer, messages, system, tools, self.template)
+        return self.tasks.chat_ids(messages, tools, system)
 
     def generate_ids(self, prompts: Sequence[Sequence[int]], gen: GenerateArgs) -> list[list[int]]:
-        """New token ids for each prompt, generated together in one batch."""
-        generator = torch.Generator().manual_seed(gen.seed)
-        return generate(
-            self.lm.model, prompts, self.prefix, max_new_tokens=gen.max_new_tokens,
-            eos_token_ids=self.eos_token_ids, pad_token_id=self.lm.tokenizer.pad_token_id,
-            temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k, generator=generator,
-        )
+        """New token ids for each prompt, generated together in one batch; sampled rows share one
+        generator seeded with ``gen.seed``."""
+        params = SamplingParams(gen.max_new_tokens, gen.temperature, gen.top_p, gen.top_k)
+        return self.tasks.generate(prompts, self.prefix, params, torch.Generator().manual_seed(gen.seed))
 
     def chat(self, messages: Sequence[dict], gen: GenerateArgs, system: str | None = None) -> str:
         ids = self.generate_ids([self.prompt_ids(messages, system)], gen)[0]

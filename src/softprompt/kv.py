@@ -4,6 +4,8 @@ Under causal attention the virtual tokens at positions ``0..L-1`` attend only to
 their keys and values do not depend on the row that follows. One batch-1 forward of the frozen
 model over the prompt embeddings gives them; a batch then uses ``expand`` views of them.
 
+Prefixes of different tasks are stacked row by row (``stack_prefixes``) for a mixed-task batch.
+
 This sits at the bottom layer (next to config and checkpoint) because methods build their
 prefixes with it (prefix tuning's text init) and the engine runs batches with it.
 """
@@ -109,3 +111,34 @@ def _prefill(decoder, prompt_embeds: torch.Tensor, L: int, config) -> PrefixKV:
     cache = out.past_key_values
     return PrefixKV([layer.keys for layer in cache.layers], [layer.values for layer in cache.layers],
                     anchor=out.last_hidden_state)
+
+
+def stack_prefixes(
+    prefixes: list[PrefixKV | None], config=None
+) -> tuple[DynamicCache | None, torch.Tensor, torch.Tensor]:
+    """One cache for rows whose prefixes differ (mixed tasks): each left-padded to the longest.
+
+    Returns the cache (B rows, ``Lmax`` columns; ``None`` when no row has a prefix), the prefix
+    mask (B, Lmax) with 0 on padding columns, and each row's prefix length (B,) — where its
+    real tokens' positions start. Rows sharing one PrefixKV object share its tensors as the
+    source of one copy; nothing is recomputed.
+    """
+    lengths = torch.tensor([p.length if p is not None else 0 for p in prefixes], dtype=torch.long)
+    Lmax = int(lengths.max()) if len(prefixes) else 0
+    B = len(prefixes)
+    if Lmax == 0:
+        return None, torch.zeros(B, 0, dtype=torch.long), lengths
+    ref = next(p for p in prefixes if p is not None)
+    data = []
+    for layer in range(len(ref.keys)):
+        k0, v0 = ref.keys[layer], ref.values[layer]
+        keys = k0.new_zeros(B, k0.shape[1], Lmax, k0.shape[3])  # (B, nkv, Lmax, hs)
+        values = v0.new_zeros(B, v0.shape[1], Lmax, v0.shape[3])
+        for row, p in enumerate(prefixes):
+            if p is not None:
+                keys[row, :, Lmax - p.length:] = p.keys[layer][0]
+                values[row, :, Lmax - p.length:] = p.values[layer][0]
+        data.append((keys, values))
+    cols = torch.arange(Lmax)
+    mask = (cols[None, :] >= (Lmax - lengths)[:, None]).long()  # (B, Lmax)
+    return DynamicCache(ddp_cache_data=data, config=config), mask, lengths

@@ -156,11 +156,16 @@ def load_model(name_or_path: str, cache_dir: str | None = None, dtype: torch.dty
     return LoadedModel(model=model, tokenizer=tokenizer, name=name_or_path, gguf=gguf)
 
 
+def split_model_folder(model_name_or_path: str, adapter: str | None) -> tuple[str, str | None]:
+    """(model, adapter) to load: an ``adapter`` that is a whole model folder (what full / freeze training
+    writes) is the model itself, with no adapter on it."""
+    if not adapter or not is_model_folder(adapter):
+        return model_name_or_path, adapter
+    log.info("%s is a model folder (full / freeze fine-tuning), not an adapter: loading it as the model", adapter)
+    return str(adapter), None
+
+
 def model_folder_as_base(model_args: ModelArgs) -> ModelArgs:
-    """``--adapter_name_or_path`` naming a whole model folder (what full / freeze training writes)
-    means: use that model as the base, with no adapter."""
-    path = model_args.adapter_name_or_path
-    if not path or not is_model_folder(path):
-        return model_args
-    log.info("%s is a model folder (full / freeze fine-tuning), not an adapter: loading it as the model", path)
-    return replace(model_args, model_name_or_path=str(path), adapter_name_or_path=None)
+    """:func:`split_model_folder` on ``--model_name_or_path`` and ``--adapter_name_or_path``."""
+    model, adapter = split_model_folder(model_args.model_name_or_path, model_args.adapter_name_or_path)
+    return replace(model_args, model_name_or_path=model, adapter_name_or_path=adapter)

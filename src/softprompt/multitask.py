@@ -13,9 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import torch
+
 from softprompt.data import encode_prompt
 from softprompt.engine.generate import SamplingParams, generate
-from softprompt.engine.registry import PromptRegistry
+from softprompt.kv import PrefixKV
+from softprompt.prompts import PromptRegistry
 from softprompt.model import LoadedModel, load_model
 
 
@@ -86,8 +89,9 @@ class MultiTaskPredictor:
              template: str | None = None, cache_dir: str | None = None) -> MultiTaskPredictor:
         return cls(load_model(model_name_or_path, cache_dir), prompts_dir, max_prefix_cache_mb, template)
 
-    def chat_ids(self, messages: Sequence[dict], tools: str | None = None) -> list[int]:
-        return encode_prompt(self.lm.tokenizer, messages, None, tools, self.template)
+    def chat_ids(self, messages: Sequence[dict], tools: str | None = None, system: str | None = None) -> list[int]:
+        """The prompt's token ids: the chat template (or ``template``) over the turns, ready to answer."""
+        return encode_prompt(self.lm.tokenizer, messages, system, tools, self.template)
 
     def text_ids(self, text: str) -> list[int]:
         return self.lm.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -104,6 +108,13 @@ class MultiTaskPredictor:
                 f"({request.params.max_new_tokens}) = {total} exceeds the model's context of {self.max_context}"
             )
 
+    def generate(self, prompts: Sequence[Sequence[int]], prefix: PrefixKV | Sequence[PrefixKV | None] | None,
+                 params: SamplingParams | Sequence[SamplingParams], generator: torch.Generator | None = None,
+                 on_token: Callable[[int, int], bool | None] | None = None) -> list[list[int]]:
+        """:func:`~softprompt.engine.generate.generate` with this model's EOS ids and padding: new ids per prompt."""
+        return generate(self.lm.model, prompts, prefix, params=params, eos_token_ids=self.eos_token_ids,
+                        pad_token_id=self.lm.tokenizer.pad_token_id, generator=generator, on_token=on_token)
+
     def run(self, requests: Sequence[Request], on_text: Callable[[int, str], None] | None = None,
             cancelled: Callable[[int], bool] | None = None) -> list[Result]:
         """Generate for all requests in one batch; ``on_text(i, delta)`` streams final text and a
@@ -113,9 +124,8 @@ class MultiTaskPredictor:
             _TextStream(self.lm.tokenizer, r.stop, (lambda d, i=i: on_text(i, d)) if on_text else None)
             for i, r in enumerate(requests)
         ]
-        outputs = generate(
-            self.lm.model, [r.prompt_ids for r in requests], prefixes, params=[r.params for r in requests],
-            eos_token_ids=self.eos_token_ids, pad_token_id=self.lm.tokenizer.pad_token_id,
+        outputs = self.generate(
+            [r.prompt_ids for r in requests], prefixes, [r.params for r in requests],
             on_token=lambda row, tok: streams[row].push(tok) or bool(cancelled and cancelled(row)),
         )
         results = []

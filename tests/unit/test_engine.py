@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM
 
 from softprompt.data import collate
 from softprompt.engine.forward import AdaptedLM, decoder_hidden, labelled_loss, positions_after, prefix_of
-from softprompt.engine.generate import generate, pick_next
+from softprompt.engine.generate import SamplingParams, generate, pick_next
 from softprompt.methods.prompt_tuning import PromptTuning
 
 
@@ -30,8 +30,9 @@ def test_batched_generation_equals_one_at_a_time(tiny_dir):
     prefix = prefix_of(base, prompt).detach()
     g = torch.Generator().manual_seed(3)
     prompts = [torch.randint(3, 300, (n,), generator=g).tolist() for n in (3, 11, 6, 1)]
-    batched = generate(base, prompts, prefix, max_new_tokens=10, eos_token_ids=[2], pad_token_id=0)
-    single = [generate(base, [p], prefix, max_new_tokens=10, eos_token_ids=[2], pad_token_id=0)[0] for p in prompts]
+    ten = SamplingParams(max_new_tokens=10)
+    batched = generate(base, prompts, prefix, params=ten, eos_token_ids=[2], pad_token_id=0)
+    single = [generate(base, [p], prefix, params=ten, eos_token_ids=[2], pad_token_id=0)[0] for p in prompts]
     assert batched == single
     assert sum(map(len, single)) > 0
 
@@ -40,7 +41,8 @@ def test_generation_with_prefix_matches_full_recompute(tiny_dir):
     """Greedy tokens with cached prefix == argmax of a full forward over [prompt embeds; tokens]."""
     base, prompt = _model_and_prompt(tiny_dir)
     ids = [5, 9, 33, 120]
-    out = generate(base, [ids], prefix_of(base, prompt).detach(), max_new_tokens=5, eos_token_ids=[])
+    out = generate(base, [ids], prefix_of(base, prompt).detach(), params=SamplingParams(max_new_tokens=5),
+                   eos_token_ids=[])
     seq = list(ids)
     with torch.no_grad():
         for _ in range(5):
@@ -110,8 +112,9 @@ def test_mixed_task_batch_equals_each_request_alone(tiny_dir):
     g = torch.Generator().manual_seed(5)
     order = ["a", "b", "base", "b", "a", "base", "b"]
     prompts = [torch.randint(3, 300, (n,), generator=g).tolist() for n in (4, 9, 2, 6, 12, 7, 1)]
-    mixed = generate(base, prompts, [tasks[t] for t in order], max_new_tokens=8, eos_token_ids=[2])
-    alone = [generate(base, [p], tasks[t], max_new_tokens=8, eos_token_ids=[2])[0] for p, t in zip(prompts, order)]
+    eight = SamplingParams(max_new_tokens=8)
+    mixed = generate(base, prompts, [tasks[t] for t in order], params=eight, eos_token_ids=[2])
+    alone = [generate(base, [p], tasks[t], params=eight, eos_token_ids=[2])[0] for p, t in zip(prompts, order)]
     assert mixed == alone
     assert len({tuple(x) for x in alone}) > 3  # the tasks really answer differently
 
@@ -127,6 +130,6 @@ def test_per_row_sampling_params_and_stop_callback(tiny_dir):
     assert [len(x) for x in out] == [2, 5, 4]
     again = generate(base, [prompts[1]], None, params=[params[1]], eos_token_ids=[])
     assert again[0] == out[1]  # a row's seed makes its sampling reproducible, whatever the batch
-    stopped = generate(base, prompts, None, max_new_tokens=6, eos_token_ids=[],
+    stopped = generate(base, prompts, None, params=SamplingParams(max_new_tokens=6), eos_token_ids=[],
                        on_token=lambda row, tok: row == 0)
     assert len(stopped[0]) == 1 and len(stopped[1]) == 6

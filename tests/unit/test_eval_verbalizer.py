@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from softprompt.engine.prefix import build_prefix
+from softprompt.kv import build_prefix
 from softprompt.evaluate.verbalizer import (
     batch_calibrate, classify, common_prefix_length, label_token_ids, score_labels,
 )

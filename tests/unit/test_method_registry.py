@@ -14,7 +14,7 @@ from torch import nn
 from softprompt import methods
 from softprompt.cli import main
 from softprompt.config import ArgumentError, MethodArgs
-from softprompt.engine.prefix import build_prefix
+from softprompt.kv import build_prefix
 from softprompt.inference import Predictor
 from softprompt.methods import MethodSpec, register
 from softprompt.model import load_model

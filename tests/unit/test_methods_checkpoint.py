@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from softprompt.config import ArgumentError, GenerateArgs, MethodArgs
 from softprompt.cli import main
 from softprompt.engine.generate import SamplingParams
-from softprompt.engine.prefix import build_prefix
+from softprompt.kv import build_prefix
 from softprompt.inference import Predictor
 from softprompt.methods import prefix_tuning, resolve
 from softprompt.multitask import MultiTaskPredictor, Request

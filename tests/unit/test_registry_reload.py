@@ -8,9 +8,9 @@ import os
 import pytest
 import torch
 
-import softprompt.engine.registry as registry_module
+import softprompt.prompts as prompts_module
 from softprompt.checkpoint import write_adapter_files
-from softprompt.engine.registry import PromptRegistry, TaskUnavailableError
+from softprompt.prompts import PromptRegistry, TaskUnavailableError
 from softprompt.methods.prompt_tuning import peft_prompt_config
 from softprompt.model import load_model
 
@@ -43,7 +43,7 @@ def test_changed_folder_is_reloaded(lm, tmp_path):
 def test_folder_changing_during_the_read_is_refused(lm, tmp_path, monkeypatch):
     write_prompt(tmp_path / "task", lm, 0.1)
     reg = PromptRegistry(lm.model, lm.name, tmp_path)
-    real_load = registry_module.read_adapter
+    real_load = prompts_module.read_adapter
 
     def load_while_a_writer_rewrites(folder):
         out = real_load(folder)
@@ -53,9 +53,19 @@ def test_folder_changing_during_the_read_is_refused(lm, tmp_path, monkeypatch):
         os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
         return out
 
-    monkeypatch.setattr(registry_module, "read_adapter", load_while_a_writer_rewrites)
+    monkeypatch.setattr(prompts_module, "read_adapter", load_while_a_writer_rewrites)
     with pytest.raises(TaskUnavailableError, match="changed while being read; retry"):
         reg.prefix("task")
     assert "task" not in reg._cache  # nothing half-read was kept
-    monkeypatch.setattr(registry_module, "read_adapter", real_load)
+    monkeypatch.setattr(prompts_module, "read_adapter", real_load)
     assert reg.prefix("task") is not None  # the retry serves the new, complete files
+
+
+def test_base_and_none_both_mean_the_bare_model(lm, tmp_path):
+    from softprompt.evaluate.run import adapter_entries
+
+    write_prompt(tmp_path / "task", lm, 0.1)
+    reg = PromptRegistry(lm.model, lm.name, tmp_path)
+    assert reg.prefix("base") is None and reg.prefix("none") is None
+    assert reg.names() == ["base", "task"]
+    assert adapter_entries("none,base,out/a") == [None, None, "out/a"]

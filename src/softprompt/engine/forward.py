@@ -8,10 +8,9 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from softprompt.engine.prefix import PrefixKV, build_prefix
+from softprompt.data import IGNORE_INDEX
+from softprompt.kv import PrefixKV, build_prefix
 from softprompt.methods import of
-
-IGNORE_INDEX = -100
 
 
 def positions_after(attention_mask: torch.Tensor, offset: int) -> torch.Tensor:
@@ -73,7 +72,7 @@ def labelled_loss(model: PreTrainedModel, hidden: torch.Tensor, labels: torch.Te
     """Summed next-token cross-entropy over labelled positions, and how many there are.
 
     ``hidden`` (B, T, d) predicts ``labels`` (B, T) shifted by one; the LM head runs only on
-    the N positions whose next label is not -100.
+    the N positions whose next label is not ``IGNORE_INDEX`` (-100).
     """
     targets = labels[:, 1:]  # (B, T-1)
     selected = targets != IGNORE_INDEX
@@ -81,6 +80,31 @@ def labelled_loss(model: PreTrainedModel, hidden: torch.Tensor, labels: torch.Te
     logits = model.get_output_embeddings()(h).float()  # (N, V)
     loss_sum = F.cross_entropy(logits, targets[selected], reduction="sum")
     return loss_sum, int(selected.sum())
+
+
+def batch_loss(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+    prefix: PrefixKV | None = None,
+) -> tuple[torch.Tensor, int]:
+    """Summed loss over the labelled tokens of a batch after an optional shared prefix, and their count.
+
+    ``input_ids``, ``attention_mask`` and ``labels`` are (B, T); the loss is a scalar tensor (with
+    grad when grad is enabled), the count an int (see :func:`labelled_loss`).
+    """
+    hidden = decoder_hidden(model, input_ids, attention_mask, prefix)  # (B, T, d)
+    return labelled_loss(model, hidden, labels)
+
+
+def row_losses(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+    prefix: PrefixKV | None = None,
+) -> list[tuple[torch.Tensor, int]]:
+    """:func:`batch_loss` of each row on its own: B pairs (summed loss, labelled tokens) of one forward pass.
+
+    Inputs are (B, T); the rows run together, the LM head and the loss run row by row.
+    """
+    hidden = decoder_hidden(model, input_ids, attention_mask, prefix)  # (B, T, d)
+    return [labelled_loss(model, hidden[row:row + 1], labels[row:row + 1]) for row in range(hidden.shape[0])]
 
 
 def prefix_of(base: PreTrainedModel, adapter) -> PrefixKV | None:
@@ -114,8 +138,7 @@ class AdaptedLM(nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, int]:
         prefix = prefix_of(self.base, self.adapter)
-        hidden = decoder_hidden(self.base, input_ids, attention_mask, prefix)  # (B, T, d)
-        loss_sum, n = labelled_loss(self.base, hidden, labels)
+        loss_sum, n = batch_loss(self.base, input_ids, attention_mask, labels, prefix)
         if prefix is not None and prefix.anchor is not None and is_sharded(self.base):
             loss_sum = loss_sum + 0.0 * prefix.anchor.float().sum()  # changes no value; see is_sharded
         return loss_sum, n

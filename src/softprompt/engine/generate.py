@@ -9,7 +9,8 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from softprompt.data.collate import left_pad
-from softprompt.engine.prefix import PrefixKV, stack_prefixes
+from softprompt.defaults import MAX_NEW_TOKENS
+from softprompt.kv import PrefixKV, stack_prefixes
 
 
 def pick_next(
@@ -36,7 +37,7 @@ def pick_next(
 class SamplingParams:
     """How one row is decoded. ``temperature`` 0 means greedy; ``seed`` seeds that row alone."""
 
-    max_new_tokens: int = 128
+    max_new_tokens: int = MAX_NEW_TOKENS
     temperature: float = 0.0
     top_p: float = 1.0
     top_k: int = 0
@@ -70,12 +71,8 @@ def generate(
     prefix: PrefixKV | Sequence[PrefixKV | None] | None = None,
     *,
     params: SamplingParams | Sequence[SamplingParams] | None = None,
-    max_new_tokens: int = 128,
     eos_token_ids: Sequence[int] = (),
     pad_token_id: int = 0,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
     generator: torch.Generator | None = None,
     on_token: Callable[[int, int], bool | None] | None = None,
 ) -> list[list[int]]:
@@ -84,7 +81,9 @@ def generate(
     ``prefix`` is one PrefixKV shared by all rows (expanded views), or one per row (mixed
     tasks: left-padded to the longest and masked), or None. Rows are left-padded and their
     positions start at their own prefix length, so a row's output does not depend on the
-    others. ``params`` gives each row its decoding (else the keyword defaults apply).
+    others. ``params`` is one :class:`SamplingParams` for every row or one per row (None: the
+    defaults, greedy); a sampled row with a ``seed`` draws from its own generator, the others all
+    from ``generator`` (shared, in row order; None: torch's global one).
     ``on_token(row, token_id)`` is called as each token is produced; returning True stops
     that row (stop strings).
     """
@@ -92,7 +91,7 @@ def generate(
     decoder, head = model.get_decoder(), model.get_output_embeddings()
     B = len(prompts)
     if params is None:
-        params = SamplingParams(max_new_tokens, temperature, top_p, top_k)
+        params = SamplingParams()
     rows = [params] * B if isinstance(params, SamplingParams) else list(params)
     generators = [torch.Generator().manual_seed(p.seed) if p.seed is not None else generator for p in rows]
     ids, mask = (t.to(device) for t in left_pad(prompts, pad_token_id))  # (B, T)

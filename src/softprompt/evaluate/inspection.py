@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from softprompt.checkpoint import WEIGHTS_NAME, load_adapter
+from softprompt.checkpoint import WEIGHTS_NAME
+from softprompt.methods import read_adapter
 from softprompt.model import LoadedModel
 
 FAR_Z = 3.0
@@ -24,7 +25,8 @@ FAR_Z = 3.0
 
 def describe_adapter(adapter_dir: str) -> dict[str, Any]:
     """Method, length, dimensions, parameters, bytes, base model and init, from the files alone."""
-    config, state, meta = load_adapter(adapter_dir)
+    files = read_adapter(adapter_dir)
+    config, state, meta = files.config, files.state, files.metadata
     weights = Path(adapter_dir) / WEIGHTS_NAME
     prompt = state.get("prompt_embeddings")
     return {
@@ -63,7 +65,7 @@ def inspect_adapter(adapter_dir: str, lm: LoadedModel, top_k: int = 5) -> dict[s
     """:func:`describe_adapter` plus, per virtual token, its nearest tokens and norm statistics."""
     info = describe_adapter(adapter_dir)
     info["base_model_used"] = lm.name
-    _, state, _ = load_adapter(adapter_dir)
+    state = read_adapter(adapter_dir).state
     prompt = state.get("prompt_embeddings")
     vocab = lm.model.get_input_embeddings().weight.detach()  # (V, d)
     if prompt is None or prompt.shape[1] != vocab.shape[1]:

@@ -17,13 +17,12 @@ from typing import Any
 
 from softprompt.config import ArgumentError, DataArgs, EvalArgs, GenerateArgs, ModelArgs, TaskArgs
 from softprompt.data import Conversation, load_conversations, split_dataset
+from softprompt.defaults import is_base
 from softprompt.evaluate.tasks import choose_labels, run_classification, run_generation, run_loss
 from softprompt.inference import Predictor
 from softprompt.model import LoadedModel, load_model
 
 log = logging.getLogger("softprompt")
-BASE = "none"
-"""The entry of --adapter_name_or_path that stands for the base model alone (zero-shot)."""
 
 COLUMNS: dict[str, list[tuple[str, str]]] = {
     "classification": [("accuracy", "accuracy %"), ("macro_f1", "macro-F1 %"),
@@ -35,10 +34,11 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
 
 
 def adapter_entries(value: str | None) -> list[str | None]:
-    """``--adapter_name_or_path A,B,none`` -> ``["A", "B", None]`` (None: the base model alone)."""
+    """``--adapter_name_or_path A,B,none`` -> ``["A", "B", None]`` (None: the base model alone; ``none``
+    or ``base``, :data:`~softprompt.defaults.BASE_ALIASES`)."""
     if not value:
         return [None]
-    return [None if part.strip() == BASE else part.strip() for part in value.split(",") if part.strip()]
+    return [None if is_base(part.strip()) else part.strip() for part in value.split(",") if part.strip()]
 
 
 def eval_conversations(data_args: DataArgs, seed: int) -> list[Conversation]:

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from softprompt.config import DataArgs, GenerateArgs, TaskArgs
 from softprompt.data import Conversation, DataError, collate, tokenize_dataset, truncate_prompt
-from softprompt.engine.forward import decoder_hidden, labelled_loss
+from softprompt.engine.forward import row_losses
 from softprompt.evaluate.metrics import accuracy, confusion_matrix, generation_scores, macro_f1
 from softprompt.evaluate.verbalizer import classify, label_token_ids
 from softprompt.inference import Predictor
@@ -101,10 +101,8 @@ def run_loss(p: Predictor, convs: Sequence[Conversation], data_args: DataArgs, b
     for start in tqdm(range(0, len(order), bs), desc="loss", unit="batch"):
         idx = order[start:start + bs]
         batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], tok.pad_token_id).items()}
-        hidden = decoder_hidden(model, batch["input_ids"], batch["attention_mask"], p.prefix)  # (B, T, d)
-        for row, i in enumerate(idx):
-            loss_sum, n = labelled_loss(model, hidden[row:row + 1], batch["labels"][row:row + 1])
-            per_row[i] = (float(loss_sum), n)
+        losses = row_losses(model, batch["input_ids"], batch["attention_mask"], batch["labels"], p.prefix)
+        per_row.update((i, (float(loss_sum), n)) for i, (loss_sum, n) in zip(idx, losses))
     total = sum(s for s, _ in per_row.values())
     count = sum(n for _, n in per_row.values())
     mean = total / max(count, 1)

@@ -21,7 +21,7 @@ from transformers import DynamicCache, PreTrainedModel
 
 from softprompt.data import left_pad
 from softprompt.engine.forward import decoder_hidden, positions_after
-from softprompt.engine.prefix import PrefixKV
+from softprompt.kv import PrefixKV
 
 
 def label_token_ids(tokenizer, label_words: Sequence[str]) -> list[list[int]]:

@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException
 from softprompt.data import DataError
 from softprompt.data.formats import check_unicode
 from softprompt.engine.generate import SamplingParams
-from softprompt.engine.registry import TaskUnavailableError, UnknownTaskError
+from softprompt.prompts import TaskUnavailableError, UnknownTaskError
 from softprompt.multitask import ContextLengthError, MultiTaskPredictor, Request as GenRequest, Result
 from softprompt.serve import protocol as P
 from softprompt.serve.batcher import Batcher, QueueFullError
@@ -136,7 +136,7 @@ def _refuse_if_full(batcher: Batcher) -> None:
 
 
 def _request(predictor: MultiTaskPredictor, body: P._Sampling, ids: list[int]) -> GenRequest:
-    max_tokens = body.max_completion_tokens or body.max_tokens or 256
+    max_tokens = body.max_completion_tokens or body.max_tokens or P.DEFAULT_MAX_TOKENS
     params = SamplingParams(max_tokens, body.temperature, body.top_p, body.top_k, body.seed)
     request = GenRequest(body.model, ids, params, body.stop_list())
     try:

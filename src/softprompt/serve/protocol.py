@@ -8,6 +8,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+DEFAULT_MAX_TOKENS = 256
+"""Tokens generated for a request that gives neither ``max_tokens`` nor ``max_completion_tokens``
+(the server's value since its first release; ``chat``/``predict``/``eval`` use ``defaults.MAX_NEW_TOKENS``)."""
+
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")

@@ -25,10 +25,9 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from softprompt.config import ArgumentError, DataArgs, MethodArgs, ModelArgs, TrainArgs, as_dict
-from softprompt.data import collate, load_and_tokenize
-from softprompt.engine.forward import (AdaptedLM, decoder_hidden, enable_gradient_checkpointing, labelled_loss,
-                                      prefix_of)
 from softprompt import methods
+from softprompt.data import IGNORE_INDEX, collate, load_and_tokenize
+from softprompt.engine.forward import AdaptedLM, batch_loss, enable_gradient_checkpointing, prefix_of
 from softprompt.model import LoadedModel, load_model, model_folder_as_base
 from softprompt.train.health import Health, NonFiniteError, State, check_finite
 from softprompt.train.plot import plot_loss
@@ -125,8 +124,7 @@ def evaluate_loss(model: AdaptedLM, loader: DataLoader, accelerator: Accelerator
     for batch in loader:
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         with accelerator.autocast():
-            hidden = decoder_hidden(inner.base, batch["input_ids"], batch["attention_mask"], prefix)
-            loss_sum, n = labelled_loss(inner.base, hidden, batch["labels"])
+            loss_sum, n = batch_loss(inner.base, batch["input_ids"], batch["attention_mask"], batch["labels"], prefix)
         total, count = total + loss_sum.float(), count + n
     model.train()
     stats = accelerator.reduce(torch.stack([total, torch.tensor(float(count), device=total.device)]), "sum")
@@ -139,7 +137,7 @@ def _update(model, optimizer, scheduler, window, accelerator: Accelerator, args:
 
     Raises NonFiniteError, before touching the parameters, when the loss or gradient is not finite.
     """
-    n_local = sum(int((b["labels"][:, 1:] != -100).sum()) for _, b in window)
+    n_local = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for _, b in window)
     n_global = float(accelerator.reduce(torch.tensor(float(n_local), device=accelerator.device), "sum"))
     scale = accelerator.num_processes / max(n_global, 1.0)  # DDP averages over processes
     loss_total, tokens = 0.0, 0

@@ -1,9 +1,14 @@
-"""Prompt registry: task name -> adapter folder -> prefix K/V, computed once, kept in an LRU by bytes.
+"""The prompts a :class:`~softprompt.multitask.MultiTaskPredictor` serves: task name -> adapter folder
+-> prefix K/V, computed once, kept in an LRU by bytes (``PromptRegistry``).
+
+This reads and polls adapter folders, so it sits above the engine (which knows token ids and
+tensors only) and next to ``multitask.py``, its one user.
 
 Every subfolder of ``prompts_dir`` holding an ``adapter_config.json`` is a task named after it;
-``base`` is the bare model. Folders are looked up on each request, so an adapter dropped in is
-served at once and a removed one is gone. A folder whose files change is reloaded; one that
-changes while it is being read is refused rather than served half-read.
+``base`` (or ``none``: :data:`~softprompt.defaults.BASE_ALIASES`) is the bare model. Folders are
+looked up on each request, so an adapter dropped in is served at once and a removed one is gone.
+A folder whose files change is reloaded; one that changes while it is being read is refused
+rather than served half-read.
 """
 
 from __future__ import annotations
@@ -17,11 +22,10 @@ import torch
 from transformers import PreTrainedModel
 
 from softprompt.checkpoint import CONFIG_NAME, CheckpointError
+from softprompt.defaults import BASE, BASE_ALIASES, is_base
 from softprompt.engine.forward import prefix_of
-from softprompt.engine.prefix import PrefixKV
+from softprompt.kv import PrefixKV
 from softprompt.methods import REGISTRY, read_adapter
-
-BASE_TASK = "base"
 
 
 class UnknownTaskError(KeyError):
@@ -62,7 +66,7 @@ class PromptRegistry:
 
     def folder(self, name: str) -> Path | None:
         """The adapter folder of a task (None for ``base``); UnknownTaskError if there is none."""
-        if name == BASE_TASK:
+        if is_base(name):
             return None
         if name in self._registered:
             return self._registered[name]
@@ -76,11 +80,11 @@ class PromptRegistry:
         found = set(self._registered)
         if self.prompts_dir is not None and self.prompts_dir.is_dir():
             found |= {p.name for p in self.prompts_dir.iterdir() if (p / CONFIG_NAME).is_file()}
-        return [BASE_TASK] + sorted(found - {BASE_TASK})
+        return [BASE] + sorted(found - set(BASE_ALIASES))
 
     def register(self, name: str, folder: str | Path) -> None:
         """Serve ``folder`` as task ``name``; it is loaded now so a bad adapter fails here."""
-        if not name or "/" in name or name == BASE_TASK:
+        if not name or "/" in name or is_base(name):
             raise TaskUnavailableError(f"invalid task name {name!r}")
         with self._lock:
             previous = self._registered.get(name)

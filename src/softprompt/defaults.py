@@ -1,0 +1,25 @@
+"""Defaults and reserved names that several layers share, each defined once.
+
+The bottom layer (it imports nothing): the flags (``config.py``), the engine (``SamplingParams``),
+the jobs and the server read these.
+"""
+
+from __future__ import annotations
+
+MAX_NEW_TOKENS = 128
+"""The most tokens generated per answer when the caller names no limit (``--max_new_tokens``,
+``SamplingParams``). The server's own default for a request without ``max_tokens`` is
+``serve.protocol.DEFAULT_MAX_TOKENS``."""
+
+BASE = "base"
+"""The task name (server) or ``--adapter_name_or_path`` entry (eval) that stands for the base model
+alone, with no adapter."""
+
+BASE_ALIASES = (BASE, "none")
+"""The spellings of :data:`BASE` accepted everywhere: the server has always said ``base``, ``softprompt
+eval`` ``none``."""
+
+
+def is_base(name: str) -> bool:
+    """Whether a task name or adapter entry means the base model alone."""
+    return name in BASE_ALIASES
