@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 from safetensors.torch import save_file
 
-from softprompt.checkpoint import _atomic_write
+from softprompt.files import atomic_write
 from softprompt.config import ArgumentError
 from softprompt.methods import REGISTRY, read_adapter
 
@@ -69,9 +69,9 @@ def export_embeddings(adapter_dir: str | Path, output: str | Path, dtype: str = 
     embeds = embeds.to(DTYPES[dtype])
     output.parent.mkdir(parents=True, exist_ok=True)
     if output.suffix == ".pt":
-        _atomic_write(output, lambda p: torch.save(embeds, p))
+        atomic_write(output, lambda p: torch.save(embeds, p))
     elif output.suffix == ".safetensors":
-        _atomic_write(output, lambda p: save_file({TENSOR_NAME: embeds}, p, metadata={"format": "pt", **facts}))
+        atomic_write(output, lambda p: save_file({TENSOR_NAME: embeds}, p, metadata={"format": "pt", **facts}))
     else:
         raise ArgumentError(f"--output {output}: name a .safetensors or a .pt file")
     return output

@@ -18,6 +18,7 @@ from softprompt.config import GenerateArgs
 from softprompt.data import Conversation, render_prompt
 from softprompt.engine.forward import prefix_of
 from softprompt.engine.generate import SamplingParams
+from softprompt.files import atomic_open
 from softprompt.methods import read_adapter
 from softprompt.model import LoadedModel, load_model, split_model_folder
 from softprompt.multitask import MultiTaskPredictor
@@ -74,8 +75,7 @@ class Predictor:
         tok = self.lm.tokenizer
         out_path = Path(out_path)
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out_path.with_name(out_path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f, tqdm(total=len(conversations), desc="predict", unit="ex") as bar:
+        with atomic_open(out_path) as f, tqdm(total=len(conversations), desc="predict", unit="ex") as bar:
             for start in range(0, len(conversations), batch_size):
                 chunk = conversations[start:start + batch_size]
                 asks = [c.prompt_and_answer() for c in chunk]
@@ -89,5 +89,4 @@ class Predictor:
                     rows.append(row)
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
                 bar.update(len(chunk))
-        tmp.replace(out_path)
         return rows

@@ -11,8 +11,6 @@ import hashlib
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from softprompt.checkpoint import is_model_folder
 from softprompt.config import DEFAULT_MODEL, ModelArgs
+from softprompt.files import atomic_folder, one_line
 
 log = logging.getLogger("softprompt")
 
@@ -119,18 +118,12 @@ def convert_gguf(src: GGUFSource, cache_dir: str | None = None) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-    try:
+
+    def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, target)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (target / "config.json").is_file():  # another process may have won the race
-            raise
-    return target
+
+    return atomic_folder(target, write, existing="keep")  # "keep": another process may have won the race
 
 
 def load_model(name_or_path: str, cache_dir: str | None = None, dtype: torch.dtype = torch.float32) -> LoadedModel:
@@ -146,7 +139,7 @@ def load_model(name_or_path: str, cache_dir: str | None = None, dtype: torch.dty
             f"model not found: {name_or_path!r} ({str(exc).splitlines()[0]}); softprompt never downloads models"
         ) from None
     except Exception as exc:  # a damaged file: safetensors, tokenizers and json each raise their own type
-        message = " ".join(str(exc).split())[:160]
+        message = one_line(exc)
         raise ModelNotFoundError(f"{folder}: could not load the model or its tokenizer, a file is damaged "
                                  f"({type(exc).__name__}: {message})") from None
     if tokenizer.pad_token_id is None:

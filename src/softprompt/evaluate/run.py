@@ -20,7 +20,9 @@ from softprompt.data import Conversation, load_conversations, split_dataset
 from softprompt.defaults import is_base
 from softprompt.evaluate.tasks import choose_labels, run_classification, run_generation, run_loss
 from softprompt.inference import Predictor
+from softprompt.files import atomic_write_text
 from softprompt.model import LoadedModel, load_model
+from softprompt.report import number
 
 log = logging.getLogger("softprompt")
 
@@ -85,18 +87,12 @@ def evaluate(model_args: ModelArgs, data_args: DataArgs, task: TaskArgs, args: E
     report = {"task": task.task, "base_model": lm.name, "dataset": data_args.dataset,
               "label_score": task.label_score if task.task == "classification" else None,
               "results": results}
-    (out / "eval_results.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    (out / "eval_results.md").write_text(markdown_report(report))
+    atomic_write_text(out / "eval_results.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(out / "eval_results.md", markdown_report(report))
     if args.save_predictions:
-        with open(out / "eval_predictions.jsonl", "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in predictions)
+        atomic_write_text(out / "eval_predictions.jsonl",
+                          "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in predictions))
     return report
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.2f}" if abs(value) < 1e6 else f"{value:.3g}"
-    return str(value)
 
 
 def markdown_table(task: str, results: Sequence[dict[str, Any]], first: str = "model") -> str:
@@ -105,7 +101,7 @@ def markdown_table(task: str, results: Sequence[dict[str, Any]], first: str = "m
     lines = [f"| {first} | examples | " + " | ".join(h for _, h in cols) + " | seconds |",
              "|---|---:|" + "---:|" * len(cols) + "---:|"]
     for r in results:
-        cells = [_fmt(r.get(k, "")) for k, _ in cols]
+        cells = [number(r.get(k, ""), decimals=2) for k, _ in cols]
         lines.append(f"| {r[first]} | {r['examples']} | " + " | ".join(cells) + f" | {r['runtime_s']:.0f} |")
     return "\n".join(lines) + "\n"
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from softprompt.checkpoint import save_model_folder
+from softprompt.files import atomic_folder
 from softprompt.config import MethodArgs
 from softprompt.methods.spec import MethodSpec, register
 
@@ -53,7 +53,7 @@ class WeightTuning(nn.Module):
             self.base.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
 
-        return save_model_folder(folder, write)
+        return atomic_folder(folder, write, existing="merge")  # output_dir keeps its logs
 
 
 def create(base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, args: MethodArgs,

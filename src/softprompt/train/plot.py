@@ -5,10 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from softprompt.report import pyplot
 
 
 def smooth(values: list[float]) -> list[float]:
@@ -27,6 +24,7 @@ def plot_loss(history: list[dict], path: str | Path) -> Path | None:
     evals = [(r["current_steps"], r["eval_loss"]) for r in history if "eval_loss" in r]
     if not train and not evals:
         return None
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     if train:
         steps, losses = zip(*train)
