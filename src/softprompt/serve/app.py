@@ -50,18 +50,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return (f"{param}: {first.get('msg', 'invalid request')}" if param else first.get("msg", "invalid request")), param
 
 
-def create_app(predictor: MultiTaskPredictor, api_key: str | None = None, max_batch_size: int = 8,
-               batch_window_ms: float = 10.0, max_queue: int = 64, max_body_bytes: int = 1 << 20) -> FastAPI:
-    batcher = Batcher(predictor, max_batch_size, batch_window_ms / 1000, max_queue)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        batcher.start()
-        yield
-        await asyncio.to_thread(batcher.stop)  # requests in flight finish first
-
-    app = FastAPI(title="softprompt", lifespan=lifespan)
-    app.state.batcher, app.state.predictor = batcher, predictor
+def _handle_errors(app: FastAPI) -> None:
+    """Every error answers in OpenAI's JSON shape; an unexpected one is logged in one line, without the request."""
 
     @app.exception_handler(ServeError)
     async def _serve_error(_: Request, exc: ServeError):
@@ -82,6 +72,21 @@ def create_app(predictor: MultiTaskPredictor, api_key: str | None = None, max_ba
         log.error("%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
         return _error(ServeError(500, "internal error; the server logged it", "server_error"))
 
+
+def create_app(predictor: MultiTaskPredictor, api_key: str | None = None, max_batch_size: int = 8,
+               batch_window_ms: float = 10.0, max_queue: int = 64, max_body_bytes: int = 1 << 20) -> FastAPI:
+    batcher = Batcher(predictor, max_batch_size, batch_window_ms / 1000, max_queue)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        yield
+        await asyncio.to_thread(batcher.stop)  # requests in flight finish first
+
+    app = FastAPI(title="softprompt", lifespan=lifespan)
+    app.state.batcher, app.state.predictor = batcher, predictor
+
+    _handle_errors(app)
     app.add_middleware(Guard, api_key=api_key, max_body_bytes=max_body_bytes)
 
     @app.get("/health")
