@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO
 
 
-def one_line(exc: BaseException | str, limit: int = 160) -> str:
+def one_line(exc: BaseException | str, limit: int = 200) -> str:
     """An exception's message on one line (whitespace collapsed), cut to ``limit`` characters."""
     text = " ".join(str(exc).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -39,6 +39,6 @@ def test_a_folder_is_filled_beside_its_name_then_merged_replaced_or_kept(tmp_pat
 
 
 def test_one_line_and_number():
-    assert one_line(ValueError("a\n  b\tc")) == "a b c" and len(one_line("x" * 500)) == 160
+    assert one_line(ValueError("a\n  b\tc")) == "a b c" and len(one_line("x" * 500)) == 200
     assert [number(None), number(3), number(0.123456), number(12.3456), number(2.5e7), number(1.005, 2)] == [
         "", "3", "0.1235", "12.35", "2.5e+07", "1.00"]

@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from softprompt.files import one_line
+
+__all__ = ["DataError", "decode_utf8", "json_error", "one_line", "type_name"]
+
 
 class DataError(ValueError):
     """A user's data is wrong.
@@ -22,12 +26,6 @@ def type_name(value: Any) -> str:
     return {str: "string", dict: "object", list: "list", bool: "bool", int: "int", float: "float"}.get(
         type(value), type(value).__name__
     )
-
-
-def one_line(text: str, limit: int = 200) -> str:
-    """``text`` squeezed onto one line and cut to ``limit`` characters (for quoting in messages)."""
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 def json_error(where: str, exc: ValueError | RecursionError, line: int | None = None) -> DataError:
