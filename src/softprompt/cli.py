@@ -15,9 +15,9 @@ import warnings
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download at run time
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from softprompt.arguments import parse_args  # noqa: E402
 from softprompt.config import (  # noqa: E402
     ArgumentError, ChatArgs, DataArgs, GenerateArgs, MethodArgs, ModelArgs, PredictArgs, ServeArgs, TrainArgs,
-    parse_args,
 )
 
 log = logging.getLogger("softprompt")

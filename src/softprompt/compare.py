@@ -25,10 +25,8 @@ import yaml
 from tqdm.auto import tqdm
 
 from softprompt.checkpoint import is_model_folder
-from softprompt.config import (
-    CompareArgs, DataArgs, GenerateArgs, MethodArgs, ModelArgs, TaskArgs, TrainArgs, load_yaml_args,
-    parse_args,
-)
+from softprompt.arguments import load_yaml_args, parse_args
+from softprompt.config import CompareArgs, DataArgs, GenerateArgs, MethodArgs, ModelArgs, TaskArgs, TrainArgs
 from softprompt.data import load_conversations
 from softprompt.evaluate.run import eval_conversations, run_task
 from softprompt.evaluate.tasks import choose_labels

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from softprompt.arguments import load_yaml_args, parse_args
 from softprompt.config import (
-    ArgumentError, DataArgs, GenerateArgs, MethodArgs, ModelArgs, SweepArgs, TaskArgs, TrainArgs, load_yaml_args,
-    parse_args,
+    ArgumentError, DataArgs, GenerateArgs, MethodArgs, ModelArgs, SweepArgs, TaskArgs, TrainArgs,
 )
 from softprompt.evaluate.run import COLUMNS, eval_conversations, run_task
 from softprompt.evaluate.tasks import choose_labels
