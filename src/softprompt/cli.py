@@ -16,9 +16,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download at run time
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from softprompt.arguments import parse_args  # noqa: E402
-from softprompt.config import (  # noqa: E402
-    ArgumentError, ChatArgs, DataArgs, GenerateArgs, MethodArgs, ModelArgs, PredictArgs, ServeArgs, TrainArgs,
-)
+from softprompt.command_args import ChatArgs, PredictArgs, ServeArgs  # noqa: E402
+from softprompt.config import ArgumentError, DataArgs, GenerateArgs, MethodArgs, ModelArgs, TrainArgs  # noqa: E402
 
 log = logging.getLogger("softprompt")
 
@@ -148,7 +147,7 @@ def cmd_serve(argv: list[str]) -> int:
 
 
 def cmd_eval(argv: list[str]) -> int:
-    from softprompt.config import EvalArgs, TaskArgs
+    from softprompt.command_args import EvalArgs, TaskArgs
     from softprompt.evaluate import evaluate
     from softprompt.evaluate.run import markdown_table
 
@@ -198,7 +197,7 @@ def _check_prompt_adapter(path: str) -> None:
 def cmd_inspect(argv: list[str]) -> int:
     import json
 
-    from softprompt.config import InspectArgs
+    from softprompt.command_args import InspectArgs
     from softprompt.evaluate.inspection import describe_adapter, format_report, inspect_adapter
     from softprompt.model import load_model
 
@@ -218,7 +217,8 @@ def cmd_inspect(argv: list[str]) -> int:
 
 
 def cmd_export(argv: list[str]) -> int:
-    from softprompt.export import ExportArgs, export_embeddings
+    from softprompt.command_args import ExportArgs
+    from softprompt.export import export_embeddings
 
     (args,), _ = parse_args(argv, [ExportArgs], "softprompt export",
                             "Write a prompt_tuning / p_tuning prompt as a (num_virtual_tokens, hidden_size) tensor "

@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 
 from softprompt.checkpoint import is_model_folder
 from softprompt.arguments import load_yaml_args, parse_args
-from softprompt.config import CompareArgs, DataArgs, GenerateArgs, MethodArgs, ModelArgs, TaskArgs, TrainArgs
+from softprompt.command_args import CompareArgs, TaskArgs
+from softprompt.config import DataArgs, GenerateArgs, MethodArgs, ModelArgs, TrainArgs
 from softprompt.data import load_conversations
 from softprompt.evaluate.run import eval_conversations, run_task
 from softprompt.evaluate.tasks import choose_labels

@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from softprompt.arguments import load_yaml_args, parse_args
-from softprompt.config import (
-    ArgumentError, DataArgs, GenerateArgs, MethodArgs, ModelArgs, SweepArgs, TaskArgs, TrainArgs,
-)
+from softprompt.command_args import SweepArgs, TaskArgs
+from softprompt.config import ArgumentError, DataArgs, GenerateArgs, MethodArgs, ModelArgs, TrainArgs
 from softprompt.evaluate.run import COLUMNS, eval_conversations, run_task
 from softprompt.evaluate.tasks import choose_labels
 from softprompt.inference import Predictor

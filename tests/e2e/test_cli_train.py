@@ -159,7 +159,8 @@ def test_every_example_config_parses():
     from pathlib import Path
 
     from softprompt.arguments import parse_args
-    from softprompt.config import CompareArgs, DataArgs, MethodArgs, ModelArgs, TaskArgs, TrainArgs
+    from softprompt.command_args import CompareArgs, TaskArgs
+    from softprompt.config import DataArgs, MethodArgs, ModelArgs, TrainArgs
     from softprompt.methods import METHODS
 
     root = Path(__file__).resolve().parents[2] / "examples"

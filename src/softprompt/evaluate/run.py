@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from softprompt.config import ArgumentError, DataArgs, EvalArgs, GenerateArgs, ModelArgs, TaskArgs
+from softprompt.command_args import EvalArgs, TaskArgs
+from softprompt.config import ArgumentError, DataArgs, GenerateArgs, ModelArgs
 from softprompt.data import Conversation, load_conversations, split_dataset
 from softprompt.evaluate.tasks import choose_labels, run_classification, run_generation, run_loss
 from softprompt.inference import Predictor
