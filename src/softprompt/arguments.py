@@ -3,6 +3,11 @@
 Each field's attribute docstring is its ``--help`` text; a YAML file gives the same names as keys, and
 flags given too override it. A wrong value is an :class:`~softprompt.config.ArgumentError` with a
 one-line message naming the argument.
+
+- A field typed ``list[X]`` takes a comma-separated value (``--x 5,10``, ``--x=5,10``) or a YAML list.
+- A name several of the classes declare is one flag that fills each of them; where one declares it a
+  list and another a single value (a sweep's ``num_virtual_tokens`` beside MethodArgs'), the flag takes
+  the list and the single-value field gets its first element, so that its own checks run.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ def _converter(tp: Any, name: str):
     """A function str -> value for a field's type, raising ArgumentError on bad text."""
     origin = typing.get_origin(tp)
     args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if origin is list:
+        return _list_converter(args[0], name)
     if origin is Literal:
         choices = typing.get_args(tp)
 
@@ -78,27 +85,67 @@ def _converter(tp: Any, name: str):
     return conv
 
 
+def _list_converter(item: Any, name: str):
+    """A function 'a,b' (or a YAML list, or one YAML value) -> [a, b] of ``item``s, raising ArgumentError."""
+    check = _converter(item, name)  # each value's own checks: choices, finite numbers
+
+    def conv_list(value: Any) -> list[Any] | None:
+        if value is None:
+            return None
+        texts = [str(v) for v in value] if isinstance(value, list) else str(value).split(",")
+        texts = [t.strip() for t in texts if t.strip()]
+        if not texts:
+            raise ArgumentError(f"--{name} needs one or more comma-separated values")
+        kind = item if isinstance(item, type) else str
+        try:
+            values = [kind(t) for t in texts]
+        except ValueError:
+            raise ArgumentError(f"--{name} expects comma-separated {kind.__name__} values, got {texts}") from None
+        return [check(v) for v in values]
+
+    return conv_list
+
+
+def _is_list(tp: Any) -> bool:
+    return any(typing.get_origin(t) is list for t in (tp, *typing.get_args(tp)))
+
+
 def _resolved_fields(cls: type) -> list[tuple[dataclasses.Field, Any]]:
     hints = typing.get_type_hints(cls)
     return [(f, hints[f.name]) for f in dataclasses.fields(cls)]
+
+
+def _flag_types(classes: list[type]) -> dict[str, tuple[type, Any]]:
+    """{flag name: (the class whose field defines the flag, its type)}: of a name several classes declare,
+    the list declaration if there is one, else the first."""
+    flags: dict[str, tuple[type, Any]] = {}
+    for cls in classes:
+        for f, tp in _resolved_fields(cls):
+            if f.name not in flags or (_is_list(tp) and not _is_list(flags[f.name][1])):
+                flags[f.name] = (cls, tp)
+    return flags
+
+
+def _add_flag(group: Any, name: str, tp: Any, helptext: str | None = None) -> None:
+    if tp is bool:  # `--fp16` alone means true, as in LLaMA-Factory; `--fp16 false` is accepted too.
+        group.add_argument(f"--{name}", nargs="?", const="true", default=argparse.SUPPRESS, metavar="BOOL",
+                           help=helptext)
+    else:
+        group.add_argument(f"--{name}", default=argparse.SUPPRESS, help=helptext)
 
 
 def build_parser(prog: str, description: str, classes: list[type]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False, exit_on_error=False)
     parser.add_argument("config", nargs="?", help="a YAML file of arguments (flags given too override it)")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    flags = _flag_types(classes)
     for cls in classes:
         group = parser.add_argument_group(cls.__name__)
         docs = field_docs(cls)
         for f, tp in _resolved_fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else None
-            helptext = f"{docs.get(f.name, '')} (default: {default})"
-            if tp is bool:
-                # `--fp16` alone means true, as in LLaMA-Factory; `--fp16 false` is accepted too.
-                group.add_argument(f"--{f.name}", nargs="?", const="true", default=argparse.SUPPRESS,
-                                   metavar="BOOL", help=helptext)
-            else:
-                group.add_argument(f"--{f.name}", default=argparse.SUPPRESS, help=helptext)
+            if flags[f.name][0] is cls:
+                default = f.default if f.default is not dataclasses.MISSING else None
+                _add_flag(group, f.name, tp, f"{docs.get(f.name, '')} (default: {default})")
     return parser
 
 
@@ -142,14 +189,24 @@ def parse_args(
     stray = sorted(set(values) - known)
     if stray:
         raise ArgumentError(f"{ns.config}: unknown argument {stray[0]!r} (see `{prog} --help`)")
+    return _fill(classes, values), ns
+
+
+def _fill(classes: list[type], values: dict[str, Any]) -> list[Any]:
+    """One instance of each class, its fields converted from ``values`` (name -> text or YAML value)."""
+    flags = _flag_types(classes)
     out = []
     for cls in classes:
         kwargs = {}
         for f, tp in _resolved_fields(cls):
-            if f.name in values:
-                kwargs[f.name] = _converter(tp, f.name)(values[f.name])
+            if f.name not in values:
+                continue
+            value, flag_type = values[f.name], flags[f.name][1]
+            if _is_list(flag_type) and not _is_list(tp):  # a list flag: this single-value field gets its first
+                value = _converter(flag_type, f.name)(value)[0]
+            kwargs[f.name] = _converter(tp, f.name)(value)
         out.append(cls(**kwargs))
-    return out, ns
+    return out
 
 
 def load_yaml_args(path: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from softprompt.config import ArgumentError
 
@@ -71,8 +71,23 @@ class EvalArgs:
 
 @dataclass
 class SweepArgs:
+    num_virtual_tokens: list[int] | None = None
+    """Prompt lengths to try, comma-separated (e.g. 5,10,20) or a YAML list: one run per combination of the
+    lists given (unset: the training default)."""
+    prompt_tuning_init: list[str] | None = None
+    """Initialisations to try, comma-separated: random, sample_vocab, text (with prompt_tuning_init_text),
+    module:function."""
+    learning_rate: list[float] | None = None
+    """Learning rates to try, comma-separated."""
     max_new_tokens: int = 64
     """With --task generation: the most tokens generated per validation answer (greedy)."""
+
+    AXES: ClassVar[tuple[str, ...]] = ("num_virtual_tokens", "prompt_tuning_init", "learning_rate")
+    """The swept arguments: each run takes one value of each list given."""
+
+    def axes(self) -> dict[str, list[Any]]:
+        """{swept argument: its values} for the lists given."""
+        return {name: getattr(self, name) for name in self.AXES if getattr(self, name) is not None}
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:

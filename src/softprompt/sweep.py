@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from softprompt.arguments import load_yaml_args, parse_args
+from softprompt.arguments import parse_args
 from softprompt.command_args import SweepArgs, TaskArgs
 from softprompt.config import ArgumentError, DataArgs, GenerateArgs, MethodArgs, ModelArgs, TrainArgs
 from softprompt.evaluate.run import COLUMNS, eval_conversations, run_task
@@ -28,8 +28,6 @@ from softprompt.train import TrainingError, train
 from softprompt.train.loop import fresh_output_dir
 
 log = logging.getLogger("softprompt")
-AXES = {"num_virtual_tokens": int, "prompt_tuning_init": str, "learning_rate": float}
-"""Arguments a sweep takes as comma-separated lists (or YAML lists), and their types."""
 GOAL = {"classification": ("accuracy", max), "generation": ("rouge_l", max), "loss": ("eval_loss", min)}
 """Per task: the number that names the best run, and whether higher or lower is better."""
 
@@ -44,54 +42,18 @@ class SweepPlan:
     gen: GenerateArgs
     """Greedy decoding for --task generation (max_new_tokens from the sweep's flags)."""
     axes: dict[str, list[Any]]
-    """Each swept argument's values, in the order given."""
-
-
-def split_axes(argv: list[str]) -> tuple[dict[str, list[str]], list[str]]:
-    """Take the swept flags (``--num_virtual_tokens 5,10`` or ``=5,10``) out of ``argv``; YAML lists too.
-
-    Returns ({argument: [value text, ...]}, the remaining argv with each axis pinned to its first
-    value, so the ordinary parser validates the rest).
-    """
-    axes: dict[str, list[str]] = {}
-    if argv and argv[0].endswith((".yaml", ".yml")):
-        for name, value in load_yaml_args(argv[0]).items():
-            if name in AXES:
-                axes[name] = [str(v) for v in value] if isinstance(value, list) else str(value).split(",")
-    rest: list[str] = []
-    i = 0
-    while i < len(argv):
-        name, _, inline = argv[i].removeprefix("--").partition("=")
-        if argv[i].startswith("--") and name in AXES:
-            text = inline if inline else (argv[i + 1] if i + 1 < len(argv) else "")
-            axes[name] = text.split(",")
-            i += 1 if inline else 2
-            continue
-        rest.append(argv[i])
-        i += 1
-    axes = {k: [v.strip() for v in vals if v.strip()] for k, vals in axes.items()}
-    for name, vals in axes.items():
-        if not vals:
-            raise ArgumentError(f"--{name} needs one or more comma-separated values")
-        rest += [f"--{name}", vals[0]]
-    return axes, rest
+    """Each swept argument given (in SweepArgs' order) and its values, in the order given."""
 
 
 def parse_sweep(argv: list[str]) -> SweepPlan:
-    """The train flags plus the eval flags; swept arguments are comma-separated lists."""
-    text_axes, rest = split_axes(argv)
+    """The train flags plus the eval flags; swept arguments are lists (SweepArgs), the method's and training's
+    arguments hold their first values until each run takes its own."""
     (model, data, method, targs, task, sweep), _ = parse_args(
-        rest, [ModelArgs, DataArgs, MethodArgs, TrainArgs, TaskArgs, SweepArgs], "softprompt sweep",
+        argv, [ModelArgs, DataArgs, MethodArgs, TrainArgs, TaskArgs, SweepArgs], "softprompt sweep",
         "Train one soft prompt per combination (comma-separated num_virtual_tokens, prompt_tuning_init, "
         "learning_rate) and compare them on the validation split.",
     )
-    axes: dict[str, list[Any]] = {}
-    for name, values in text_axes.items():
-        try:
-            axes[name] = [AXES[name](v) for v in values]
-        except ValueError:
-            kind = AXES[name].__name__
-            raise ArgumentError(f"--{name} expects comma-separated {kind} values, got {values}") from None
+    axes = sweep.axes()
     if not data.val_size:
         raise ArgumentError("sweep compares runs on a validation split: set --val_size (e.g. 0.1 or 50)")
     if "text" in axes.get("prompt_tuning_init", []) and not method.prompt_tuning_init_text:
