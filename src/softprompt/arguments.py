@@ -8,6 +8,8 @@ one-line message naming the argument.
 - A name several of the classes declare is one flag that fills each of them; where one declares it a
   list and another a single value (a sweep's ``num_virtual_tokens`` beside MethodArgs'), the flag takes
   the list and the single-value field gets its first element, so that its own checks run.
+- A command may take one field as a positional (``softprompt inspect ADAPTER``); a positional that ends
+  in .yaml/.yml is the config file, as ever.
 """
 
 from __future__ import annotations
@@ -19,12 +21,29 @@ import inspect
 import math
 import textwrap
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
 from softprompt.config import ArgumentError
+
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass
+class Parsed:
+    """What the user gave, beside the dataclasses it filled."""
+
+    argv: list[str]
+    """The arguments as given."""
+    config: str | None
+    """The YAML file of arguments, if one was given."""
+    yaml: dict[str, Any]
+    """The YAML file's arguments (empty without one)."""
+    given: frozenset[str]
+    """The names the user set: in the YAML file, as flags or as the positional."""
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -134,9 +153,12 @@ def _add_flag(group: Any, name: str, tp: Any, helptext: str | None = None) -> No
         group.add_argument(f"--{name}", default=argparse.SUPPRESS, help=helptext)
 
 
-def build_parser(prog: str, description: str, classes: list[type]) -> argparse.ArgumentParser:
+def build_parser(prog: str, description: str, classes: list[type], positional: str | None = None
+                 ) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False, exit_on_error=False)
     parser.add_argument("config", nargs="?", help="a YAML file of arguments (flags given too override it)")
+    if positional is not None:
+        parser.add_argument("positional", nargs="?", metavar=positional.upper(), help=f"the same as --{positional}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     flags = _flag_types(classes)
     for cls in classes:
@@ -168,28 +190,44 @@ def _attach_negative_values(argv: list[str]) -> list[str]:
 
 
 def parse_args(
-    argv: list[str], classes: list[type], prog: str = "softprompt", description: str = ""
-) -> tuple[list[Any], argparse.Namespace]:
-    """Fill each dataclass in ``classes`` from an optional YAML file then flags (flags win).
+    argv: list[str], classes: list[type], prog: str = "softprompt", description: str = "",
+    positional: str | None = None,
+) -> tuple[list[Any], Parsed]:
+    """Fill each dataclass in ``classes`` from an optional YAML file, then the positional (the field named
+    ``positional``, if any), then flags (the later win); return them and what was given.
 
     Unknown keys in the YAML or unknown flags are an ArgumentError naming them.
     """
-    parser = build_parser(prog, description, classes)
+    parser = build_parser(prog, description, classes, positional)
     try:
         ns, unknown = parser.parse_known_args(_attach_negative_values(argv))
     except argparse.ArgumentError as exc:  # one line, not argparse's usage block
         raise ArgumentError(f"{exc} (see `{prog} --help`)") from None
     if unknown:
         raise ArgumentError(f"unknown argument {unknown[0]!r} (see `{prog} --help`)")
-    values: dict[str, Any] = {}
-    if ns.config:
-        values.update(load_yaml_args(ns.config))
-    values.update({k: v for k, v in vars(ns).items() if k not in ("config", "debug")})
+    flags = vars(ns)
+    config, word = _positionals(flags.pop("config"), flags.pop("positional", None), positional is not None, prog)
+    flags.pop("debug")
+    yaml_values = load_yaml_args(config) if config else {}
+    values = {**yaml_values, **({positional: word} if word is not None else {}), **flags}
     known = {f.name for cls in classes for f in dataclasses.fields(cls)}
     stray = sorted(set(values) - known)
     if stray:
-        raise ArgumentError(f"{ns.config}: unknown argument {stray[0]!r} (see `{prog} --help`)")
-    return _fill(classes, values), ns
+        raise ArgumentError(f"{config}: unknown argument {stray[0]!r} (see `{prog} --help`)")
+    return _fill(classes, values), Parsed(list(argv), config, yaml_values, frozenset(values))
+
+
+def _positionals(first: str | None, second: str | None, has_field: bool, prog: str) -> tuple[str | None, str | None]:
+    """(the YAML file, the positional field's value) from the words given without a flag."""
+    words = [w for w in (first, second) if w is not None]
+    if not has_field:
+        return first, None
+    config = next((w for w in words if w.endswith(YAML_SUFFIXES)), None)
+    if config is not None:
+        words.remove(config)
+    if len(words) > 1:
+        raise ArgumentError(f"unknown argument {words[1]!r} (see `{prog} --help`)")
+    return config, (words[0] if words else None)
 
 
 def _fill(classes: list[type], values: dict[str, Any]) -> list[Any]:

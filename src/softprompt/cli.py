@@ -201,15 +201,14 @@ def cmd_inspect(argv: list[str]) -> int:
     from softprompt.evaluate.inspection import describe_adapter, format_report, inspect_adapter
     from softprompt.model import load_model
 
-    if argv and not argv[0].startswith("-") and not argv[0].endswith((".yaml", ".yml")):
-        argv = ["--adapter_name_or_path", argv[0], *argv[1:]]  # softprompt inspect ADAPTER
-    (model_args, args), ns = parse_args(argv, [ModelArgs, InspectArgs], "softprompt inspect ADAPTER",
-                                        "Sizes, nearest vocabulary tokens and norms of a soft prompt.")
+    (model_args, args), parsed = parse_args(argv, [ModelArgs, InspectArgs], "softprompt inspect",
+                                            "Sizes, nearest vocabulary tokens and norms of a soft prompt.",
+                                            positional="adapter_name_or_path")  # softprompt inspect ADAPTER
     if not model_args.adapter_name_or_path:
         raise ArgumentError("name the adapter folder: softprompt inspect ADAPTER")
     _check_prompt_adapter(model_args.adapter_name_or_path)
     base = model_args.model_name_or_path  # default: the base model the adapter was trained for
-    if "model_name_or_path" not in vars(ns):
+    if "model_name_or_path" not in parsed.given:
         base = describe_adapter(model_args.adapter_name_or_path)["base_model_name_or_path"] or base
     info = inspect_adapter(model_args.adapter_name_or_path, load_model(base, model_args.cache_dir), args.top_k)
     print(json.dumps(info, indent=2, ensure_ascii=False) if args.json else format_report(info).rstrip("\n"))
