@@ -10,6 +10,11 @@ one-line message naming the argument.
   the list and the single-value field gets its first element, so that its own checks run.
 - A command may take one field as a positional (``softprompt inspect ADAPTER``); a positional that ends
   in .yaml/.yml is the config file, as ever.
+- A field may bring its own converter, ``dataclasses.field(metadata={"parse": fn})`` (fn: text -> value).
+- Flags handed on to child processes: :func:`split_args` reads some classes' flags and returns the rest of
+  the arguments as given (``--nproc_per_node``); :meth:`Parsed.argv_without` is what was given less some
+  flags (compare's own, for each ``softprompt train`` it starts). Both are one argparse pass over just
+  those flags (:func:`_take_flags`), so a flag's value is never mistaken for a flag or the other way round.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import inspect
 import math
 import textwrap
 import typing
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -44,6 +50,16 @@ class Parsed:
     """The YAML file's arguments (empty without one)."""
     given: frozenset[str]
     """The names the user set: in the YAML file, as flags or as the positional."""
+    types: dict[str, Any]
+    """Each flag's type (which tells a bare boolean flag from one that takes a value)."""
+
+    def argv_without(self, names: Collection[str], config: bool = True) -> list[str]:
+        """``argv`` as given, less the flags ``names`` (with their values) and, unless ``config``, less the
+        YAML file: the arguments to hand on to a child process."""
+        _, rest = _take_flags(self.argv, {name: self.types[name] for name in names if name in self.types})
+        if not config and self.config is not None:
+            rest.remove(self.config)
+        return rest
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -214,7 +230,28 @@ def parse_args(
     stray = sorted(set(values) - known)
     if stray:
         raise ArgumentError(f"{config}: unknown argument {stray[0]!r} (see `{prog} --help`)")
-    return _fill(classes, values), Parsed(list(argv), config, yaml_values, frozenset(values))
+    types = {name: tp for name, (_, tp) in _flag_types(classes).items()}
+    return _fill(classes, values), Parsed(list(argv), config, yaml_values, frozenset(values), types)
+
+
+def split_args(argv: list[str], classes: list[type]) -> tuple[list[Any], list[str]]:
+    """Fill ``classes`` from their flags in ``argv`` alone; the other arguments pass through, as given,
+    for a child process (flags of other classes and unknown ones are not read here)."""
+    values, rest = _take_flags(argv, {name: tp for name, (_, tp) in _flag_types(classes).items()})
+    return _fill(classes, values), rest
+
+
+def _take_flags(argv: list[str], types: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """({name: text} of the flags ``types`` names, the rest of ``argv`` in order): one argparse pass that
+    knows only those flags, each taking a value as it does in the full parser."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    for name, tp in types.items():
+        _add_flag(parser, name, tp)
+    try:
+        ns, rest = parser.parse_known_args(_attach_negative_values(argv))
+    except argparse.ArgumentError as exc:
+        raise ArgumentError(str(exc)) from None
+    return vars(ns), rest
 
 
 def _positionals(first: str | None, second: str | None, has_field: bool, prog: str) -> tuple[str | None, str | None]:
@@ -242,7 +279,7 @@ def _fill(classes: list[type], values: dict[str, Any]) -> list[Any]:
             value, flag_type = values[f.name], flags[f.name][1]
             if _is_list(flag_type) and not _is_list(tp):  # a list flag: this single-value field gets its first
                 value = _converter(flag_type, f.name)(value)[0]
-            kwargs[f.name] = _converter(tp, f.name)(value)
+            kwargs[f.name] = (f.metadata.get("parse") or _converter(tp, f.name))(value)
         out.append(cls(**kwargs))
     return out
 

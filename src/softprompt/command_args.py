@@ -7,7 +7,7 @@ As in :mod:`softprompt.config`: each field's attribute docstring is its ``--help
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -194,3 +194,19 @@ class ExportArgs:
     def __post_init__(self) -> None:
         if self.output is not None and Path(self.output).suffix not in (".safetensors", ".pt"):
             raise ArgumentError(f"--output {self.output}: name a .safetensors or a .pt file")
+
+
+def _process_count(text: Any) -> int:
+    """``--nproc_per_node`` text -> a positive int; a word or a sign is refused in the same words as 0."""
+    if not str(text).isdigit() or int(text) < 1:
+        raise ArgumentError(f"--nproc_per_node must be a positive number of processes, got {str(text)!r}")
+    return int(text)
+
+
+@dataclass
+class LaunchArgs:
+    nproc_per_node: int = field(default=1, metadata={"parse": _process_count})
+    """Train in N processes on this machine (data parallel, as torchrun does); each gets the other arguments."""
+
+    def __post_init__(self) -> None:
+        _process_count(self.nproc_per_node)

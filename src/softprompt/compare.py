@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from softprompt.checkpoint import is_model_folder
-from softprompt.arguments import load_yaml_args, parse_args
+from softprompt.arguments import parse_args
 from softprompt.command_args import CompareArgs, TaskArgs
 from softprompt.config import DataArgs, GenerateArgs, MethodArgs, ModelArgs, TrainArgs
 from softprompt.data import load_conversations
@@ -59,33 +59,12 @@ class ComparePlan:
 def parse_compare(argv: list[str]) -> ComparePlan:
     """Compare's flags plus every training flag; each method's own flags apply to it alone."""
     classes = [ModelArgs, DataArgs, MethodArgs, TrainArgs, TaskArgs, CompareArgs]
-    own = {f for cls in (TaskArgs, CompareArgs) for f in cls.__dataclass_fields__} | {"finetuning_type", "output_dir"}
-    quiet = logging.getLogger("softprompt").level
-    logging.getLogger("softprompt").setLevel(logging.ERROR)  # each run warns about flags not its own, once
-    try:
-        (model, data, _, targs, task, cargs), _ = parse_args(argv, classes, "softprompt compare",
-                                                            "Train several methods alike and compare them.")
-    finally:
-        logging.getLogger("softprompt").setLevel(quiet)
-    config, command = None, " ".join(["softprompt compare", *argv])
-    if argv and argv[0].endswith((".yaml", ".yml")):
-        config = {k: v for k, v in load_yaml_args(argv[0]).items() if k not in own}
-        argv = argv[1:]
-    train_argv = _drop_flags(argv, own)
-    return ComparePlan(model, data, targs, task, cargs, train_argv, config, command)
-
-
-def _drop_flags(argv: list[str], names: set[str]) -> list[str]:
-    """``argv`` without ``--name value`` / ``--name=value`` for ``names``."""
-    out, i = [], 0
-    while i < len(argv):
-        name, eq, _ = argv[i].removeprefix("--").partition("=")
-        if argv[i].startswith("--") and name in names:
-            i += 1 if eq or i + 1 >= len(argv) or argv[i + 1].startswith("--") else 2
-            continue
-        out.append(argv[i])
-        i += 1
-    return out
+    (model, data, _, targs, task, cargs), parsed = parse_args(argv, classes, "softprompt compare",
+                                                             "Train several methods alike and compare them.")
+    own = {f.name for cls in (TaskArgs, CompareArgs) for f in fields(cls)} | {"finetuning_type", "output_dir"}
+    config = {k: v for k, v in parsed.yaml.items() if k not in own} if parsed.config else None
+    return ComparePlan(model, data, targs, task, cargs, parsed.argv_without(own, config=False), config,
+                       " ".join(["softprompt compare", *argv]))
 
 
 def _train_command(plan: ComparePlan, method: str, out: Path) -> list[str]:
