@@ -114,8 +114,7 @@ def cmd_predict(argv: list[str]) -> int:
     from softprompt.data import load_conversations
     from softprompt.inference import Predictor
 
-    if data_args.dataset is None:
-        raise ArgumentError("--dataset is required: name(s) from dataset_info.json in --dataset_dir")
+    data_args.require_dataset()
     conversations = load_conversations(data_args, gen.seed)
     predictor = Predictor.load(model_args.model_name_or_path, model_args.adapter_name_or_path,
                                data_args.template, model_args.cache_dir)

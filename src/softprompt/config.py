@@ -71,6 +71,12 @@ class DataArgs:
         if self.max_samples is not None and self.max_samples < 1:
             raise ArgumentError(f"--max_samples must be at least 1, got {self.max_samples}")
 
+    def require_dataset(self) -> str:
+        """``--dataset``, for a command that reads data; an ArgumentError when it is unset."""
+        if self.dataset is None:
+            raise ArgumentError("--dataset is required: name(s) from dataset_info.json in --dataset_dir")
+        return self.dataset
+
 
 @dataclass
 class MethodArgs:
