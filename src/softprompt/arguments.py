@@ -58,7 +58,7 @@ class Parsed:
         YAML file: the arguments to hand on to a child process."""
         _, rest = _take_flags(self.argv, {name: self.types[name] for name in names if name in self.types})
         if not config and self.config is not None:
-            rest.remove(self.config)
+            rest.remove(self.config)  # its first occurrence (a flag value spelled the same, before it, would go)
         return rest
 
 
@@ -255,10 +255,11 @@ def _take_flags(argv: list[str], types: dict[str, Any]) -> tuple[dict[str, Any],
 
 
 def _positionals(first: str | None, second: str | None, has_field: bool, prog: str) -> tuple[str | None, str | None]:
-    """(the YAML file, the positional field's value) from the words given without a flag."""
-    words = [w for w in (first, second) if w is not None]
+    """(the YAML file, the positional field's value) from the words given without a flag: without a positional
+    field the one word is the YAML file; with one, a word ending in .yaml/.yml is the file, the other the field."""
     if not has_field:
         return first, None
+    words = [w for w in (first, second) if w is not None]
     config = next((w for w in words if w.endswith(YAML_SUFFIXES)), None)
     if config is not None:
         words.remove(config)
