@@ -15,10 +15,9 @@ import warnings
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download at run time
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from softprompt.config import (  # noqa: E402
-    ArgumentError, ChatArgs, DataArgs, GenerateArgs, MethodArgs, ModelArgs, PredictArgs, ServeArgs, TrainArgs,
-    parse_args,
-)
+from softprompt.arguments import parse_args  # noqa: E402
+from softprompt.command_args import ChatArgs, PredictArgs, ServeArgs  # noqa: E402
+from softprompt.config import ArgumentError, DataArgs, GenerateArgs, MethodArgs, ModelArgs, TrainArgs  # noqa: E402
 
 log = logging.getLogger("softprompt")
 
@@ -115,8 +114,7 @@ def cmd_predict(argv: list[str]) -> int:
     from softprompt.data import load_conversations
     from softprompt.inference import Predictor
 
-    if data_args.dataset is None:
-        raise ArgumentError("--dataset is required: name(s) from dataset_info.json in --dataset_dir")
+    data_args.require_dataset()
     conversations = load_conversations(data_args, gen.seed)
     predictor = Predictor.load(model_args.model_name_or_path, model_args.adapter_name_or_path,
                                data_args.template, model_args.cache_dir)
@@ -148,7 +146,7 @@ def cmd_serve(argv: list[str]) -> int:
 
 
 def cmd_eval(argv: list[str]) -> int:
-    from softprompt.config import EvalArgs, TaskArgs
+    from softprompt.command_args import EvalArgs, TaskArgs
     from softprompt.evaluate import evaluate
     from softprompt.evaluate.run import markdown_table
 
@@ -195,19 +193,18 @@ def _check_prompt_adapter(path: str) -> None:
 def cmd_inspect(argv: list[str]) -> int:
     import json
 
-    from softprompt.config import InspectArgs
+    from softprompt.command_args import InspectArgs
     from softprompt.evaluate.inspection import describe_adapter, format_report, inspect_adapter
     from softprompt.model import load_model
 
-    if argv and not argv[0].startswith("-") and not argv[0].endswith((".yaml", ".yml")):
-        argv = ["--adapter_name_or_path", argv[0], *argv[1:]]  # softprompt inspect ADAPTER
-    (model_args, args), ns = parse_args(argv, [ModelArgs, InspectArgs], "softprompt inspect ADAPTER",
-                                        "Sizes, nearest vocabulary tokens and norms of a soft prompt.")
+    (model_args, args), parsed = parse_args(argv, [ModelArgs, InspectArgs], "softprompt inspect",
+                                            "Sizes, nearest vocabulary tokens and norms of a soft prompt.",
+                                            positional="adapter_name_or_path")  # softprompt inspect ADAPTER
     if not model_args.adapter_name_or_path:
         raise ArgumentError("name the adapter folder: softprompt inspect ADAPTER")
     _check_prompt_adapter(model_args.adapter_name_or_path)
     base = model_args.model_name_or_path  # default: the base model the adapter was trained for
-    if "model_name_or_path" not in vars(ns):
+    if "model_name_or_path" not in parsed.given:
         base = describe_adapter(model_args.adapter_name_or_path)["base_model_name_or_path"] or base
     info = inspect_adapter(model_args.adapter_name_or_path, load_model(base, model_args.cache_dir), args.top_k)
     print(json.dumps(info, indent=2, ensure_ascii=False) if args.json else format_report(info).rstrip("\n"))
@@ -215,7 +212,8 @@ def cmd_inspect(argv: list[str]) -> int:
 
 
 def cmd_export(argv: list[str]) -> int:
-    from softprompt.export import ExportArgs, export_embeddings
+    from softprompt.command_args import ExportArgs
+    from softprompt.export import export_embeddings
 
     (args,), _ = parse_args(argv, [ExportArgs], "softprompt export",
                             "Write a prompt_tuning / p_tuning prompt as a (num_virtual_tokens, hidden_size) tensor "

@@ -17,23 +17,24 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 from tqdm.auto import tqdm
 
-from softprompt.config import (
-    CompareArgs, DataArgs, GenerateArgs, MethodArgs, ModelArgs, TaskArgs, TrainArgs, load_yaml_args,
-    parse_args,
-)
+from softprompt.arguments import parse_args
+from softprompt.command_args import CompareArgs, TaskArgs
+from softprompt.config import ArgumentError, DataArgs, GenerateArgs, MethodArgs, ModelArgs, TrainArgs
 from softprompt.data import load_conversations
 from softprompt.evaluate.run import eval_conversations, run_task
 from softprompt.evaluate.tasks import choose_labels
 from softprompt.inference import Predictor
-from softprompt.methods import read_adapter
+from softprompt.methods import METHODS, read_adapter
+from softprompt.files import atomic_write_text
 from softprompt.model import load_model
+from softprompt.report import number, pyplot
 from softprompt.train.loop import fresh_output_dir
 
 log = logging.getLogger("softprompt")
@@ -60,33 +61,17 @@ class ComparePlan:
 def parse_compare(argv: list[str]) -> ComparePlan:
     """Compare's flags plus every training flag; each method's own flags apply to it alone."""
     classes = [ModelArgs, DataArgs, MethodArgs, TrainArgs, TaskArgs, CompareArgs]
-    own = {f for cls in (TaskArgs, CompareArgs) for f in cls.__dataclass_fields__} | {"finetuning_type", "output_dir"}
-    quiet = logging.getLogger("softprompt").level
-    logging.getLogger("softprompt").setLevel(logging.ERROR)  # each run warns about flags not its own, once
-    try:
-        (model, data, _, targs, task, cargs), _ = parse_args(argv, classes, "softprompt compare",
-                                                            "Train several methods alike and compare them.")
-    finally:
-        logging.getLogger("softprompt").setLevel(quiet)
-    config, command = None, " ".join(["softprompt compare", *argv])
-    if argv and argv[0].endswith((".yaml", ".yml")):
-        config = {k: v for k, v in load_yaml_args(argv[0]).items() if k not in own}
-        argv = argv[1:]
-    train_argv = _drop_flags(argv, own)
-    return ComparePlan(model, data, targs, task, cargs, train_argv, config, command)
-
-
-def _drop_flags(argv: list[str], names: set[str]) -> list[str]:
-    """``argv`` without ``--name value`` / ``--name=value`` for ``names``."""
-    out, i = [], 0
-    while i < len(argv):
-        name, eq, _ = argv[i].removeprefix("--").partition("=")
-        if argv[i].startswith("--") and name in names:
-            i += 1 if eq or i + 1 >= len(argv) or argv[i + 1].startswith("--") else 2
-            continue
-        out.append(argv[i])
-        i += 1
-    return out
+    (model, data, _, targs, task, cargs), parsed = parse_args(argv, classes, "softprompt compare",
+                                                             "Train several methods alike and compare them.")
+    unknown = [m for m in cargs.method_list() + list(cargs.learning_rates()) if m not in METHODS]
+    if unknown:
+        raise ArgumentError(f"--methods / --method_learning_rates: unknown method {unknown[0]!r} "
+                            f"(choose from {', '.join(METHODS)})")
+    cargs.methods = cargs.methods or ",".join(METHODS)
+    own = {f.name for cls in (TaskArgs, CompareArgs) for f in fields(cls)} | {"finetuning_type", "output_dir"}
+    config = {k: v for k, v in parsed.yaml.items() if k not in own} if parsed.config else None
+    return ComparePlan(model, data, targs, task, cargs, parsed.argv_without(own, config=False), config,
+                       " ".join(["softprompt compare", *argv]))
 
 
 def _train_command(plan: ComparePlan, method: str, out: Path) -> list[str]:
@@ -205,8 +190,8 @@ def run_compare(plan: ComparePlan) -> dict[str, Any]:
     report = {"base_model": plan.model.model_name_or_path, "dataset": plan.data.dataset,
               "eval_dataset": plan.compare.eval_dataset, "task": plan.task.task if convs else None,
               "device": _device(), "command": plan.command, "methods": rows}
-    (root / "compare.json").write_text(json.dumps(report, indent=2) + "\n")
-    (root / "compare.md").write_text(compare_markdown(report))
+    atomic_write_text(root / "compare.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(root / "compare.md", compare_markdown(report))
     plot_compare(report, root / "compare.png")
     return report
 
@@ -251,22 +236,17 @@ def compare_markdown(report: dict[str, Any]) -> str:
         value = r.get("metric_value")
         cells = [r["method"], f"{r['learning_rate']:g}", f"{r['trainable_params']:,}", f"{r['trainable_percent']:.3f}",
                  _size(r["checkpoint_bytes"]), _mb(mem), f"{r['train_tokens_per_second']:.0f}",
-                 f"{r['wall_seconds']:.0f}", _num(r["final_train_loss"]), _num(r["eval_loss"]),
-                 *([_num(value)] if metric else []), f"{r['switch_seconds']:.2f}"]
+                 f"{r['wall_seconds']:.0f}", number(r["final_train_loss"]), number(r["eval_loss"]),
+                 *([number(value)] if metric else []), f"{r['switch_seconds']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _num(value: Any) -> str:
-    return "" if value is None else f"{value:.4f}" if isinstance(value, float) and abs(value) < 10 else f"{value:.2f}"
 
 
 def plot_compare(report: dict[str, Any], path: Path) -> Path:
     """Loss curves on top; a bar per method for each figure below."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     ok = [r for r in report["methods"] if "error" not in r]
     bars = [("trainable params", "trainable_params", True), ("checkpoint MB", "checkpoint_bytes", True),

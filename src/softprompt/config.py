@@ -1,4 +1,4 @@
-"""Argument dataclasses, with LLaMA-Factory's names, and the flag/YAML parser that fills them.
+"""Argument dataclasses, with LLaMA-Factory's names (:mod:`softprompt.arguments` fills them from flags and YAML).
 
 Each field's attribute docstring is its ``--help`` text. Validation sits next to the fields,
 in ``__post_init__``, and raises :class:`ArgumentError` with a one-line message.
@@ -6,19 +6,11 @@ in ``__post_init__``, and raises :class:`ArgumentError` with a one-line message.
 
 from __future__ import annotations
 
-import argparse
-import ast
 import dataclasses
-import inspect
 import json
-import math
-import textwrap
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-
-import yaml
 
 from softprompt.defaults import MAX_NEW_TOKENS
 
@@ -81,6 +73,12 @@ class DataArgs:
             )
         if self.max_samples is not None and self.max_samples < 1:
             raise ArgumentError(f"--max_samples must be at least 1, got {self.max_samples}")
+
+    def require_dataset(self) -> str:
+        """``--dataset``, for a command that reads data; an ArgumentError when it is unset."""
+        if self.dataset is None:
+            raise ArgumentError("--dataset is required: name(s) from dataset_info.json in --dataset_dir")
+        return self.dataset
 
 
 @dataclass
@@ -303,278 +301,11 @@ class GenerateArgs:
             raise ArgumentError(f"--top_p must be in (0, 1], got {self.top_p}")
 
 
-# ---------------------------------------------------------------------------------------------
-# parsing: flags and YAML into dataclasses
-
-
-def field_docs(cls: type) -> dict[str, str]:
-    """Attribute docstrings of a dataclass: {field name: the string literal after it}."""
-    docs: dict[str, str] = {}
-    source = textwrap.dedent(inspect.getsource(cls))
-    body = ast.parse(source).body[0].body  # type: ignore[attr-defined]
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
-                docs[node.target.id] = " ".join(nxt.value.value.split())
-    return docs
-
-
-def _converter(tp: Any, name: str):
-    """A function str -> value for a field's type, raising ArgumentError on bad text."""
-    origin = typing.get_origin(tp)
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    if origin is Literal:
-        choices = typing.get_args(tp)
-
-        def conv_choice(text: str) -> str:
-            if text not in choices:
-                raise ArgumentError(f"--{name} must be one of {', '.join(choices)}; got {text!r}")
-            return text
-
-        return conv_choice
-    if origin is not None and args:  # Optional[X] / X | None
-        return _converter(args[0], name)
-    if tp is bool:
-        def conv_bool(text: str | bool) -> bool:
-            if isinstance(text, bool):
-                return text
-            low = str(text).lower()
-            if low in ("1", "true", "yes", "y", "on"):
-                return True
-            if low in ("0", "false", "no", "n", "off"):
-                return False
-            raise ArgumentError(f"--{name} expects true or false, got {text!r}")
-
-        return conv_bool
-
-    def conv(text: Any) -> Any:
-        if text is None:
-            return None
-        if tp is int and isinstance(text, float) and not text.is_integer():  # YAML 2.5 is not an int
-            raise ArgumentError(f"--{name} expects int, got {text!r}")
-        try:
-            value = tp(text)
-        except (TypeError, ValueError):
-            raise ArgumentError(f"--{name} expects {tp.__name__}, got {text!r}") from None
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ArgumentError(f"--{name} must be a finite number, got {value}")
-        return value
-
-    return conv
-
-
-def _resolved_fields(cls: type) -> list[tuple[dataclasses.Field, Any]]:
-    hints = typing.get_type_hints(cls)
-    return [(f, hints[f.name]) for f in dataclasses.fields(cls)]
-
-
-def build_parser(prog: str, description: str, classes: list[type]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False, exit_on_error=False)
-    parser.add_argument("config", nargs="?", help="a YAML file of arguments (flags given too override it)")
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    for cls in classes:
-        group = parser.add_argument_group(cls.__name__)
-        docs = field_docs(cls)
-        for f, tp in _resolved_fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else None
-            helptext = f"{docs.get(f.name, '')} (default: {default})"
-            if tp is bool:
-                # `--fp16` alone means true, as in LLaMA-Factory; `--fp16 false` is accepted too.
-                group.add_argument(f"--{f.name}", nargs="?", const="true", default=argparse.SUPPRESS,
-                                   metavar="BOOL", help=helptext)
-            else:
-                group.add_argument(f"--{f.name}", default=argparse.SUPPRESS, help=helptext)
-    return parser
-
-
-def _attach_negative_values(argv: list[str]) -> list[str]:
-    """``--flag -1e-3`` as ``--flag=-1e-3``: argparse reads a value that starts with '-' as an option
-    unless it looks like a plain negative integer or decimal, so the range check never saw it."""
-    out: list[str] = []
-    for arg in argv:
-        prev = out[-1] if out else ""
-        if arg.startswith("-") and prev.startswith("--") and "=" not in prev:
-            try:
-                float(arg)
-            except ValueError:
-                pass
-            else:
-                out[-1] = f"{prev}={arg}"
-                continue
-        out.append(arg)
-    return out
-
-
-def parse_args(
-    argv: list[str], classes: list[type], prog: str = "softprompt", description: str = ""
-) -> tuple[list[Any], argparse.Namespace]:
-    """Fill each dataclass in ``classes`` from an optional YAML file then flags (flags win).
-
-    Unknown keys in the YAML or unknown flags are an ArgumentError naming them.
-    """
-    parser = build_parser(prog, description, classes)
-    try:
-        ns, unknown = parser.parse_known_args(_attach_negative_values(argv))
-    except argparse.ArgumentError as exc:  # one line, not argparse's usage block
-        raise ArgumentError(f"{exc} (see `{prog} --help`)") from None
-    if unknown:
-        raise ArgumentError(f"unknown argument {unknown[0]!r} (see `{prog} --help`)")
-    values: dict[str, Any] = {}
-    if ns.config:
-        values.update(load_yaml_args(ns.config))
-    values.update({k: v for k, v in vars(ns).items() if k not in ("config", "debug")})
-    known = {f.name for cls in classes for f in dataclasses.fields(cls)}
-    stray = sorted(set(values) - known)
-    if stray:
-        raise ArgumentError(f"{ns.config}: unknown argument {stray[0]!r} (see `{prog} --help`)")
-    out = []
-    for cls in classes:
-        kwargs = {}
-        for f, tp in _resolved_fields(cls):
-            if f.name in values:
-                kwargs[f.name] = _converter(tp, f.name)(values[f.name])
-        out.append(cls(**kwargs))
-    return out, ns
-
-
-def load_yaml_args(path: str) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise ArgumentError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise ArgumentError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ArgumentError(f"{path}: expected a mapping of argument: value, got {type(data).__name__}")
-    return {str(k): v for k, v in data.items()}
-
-
 def as_dict(*objs: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for obj in objs:
         out.update(dataclasses.asdict(obj))
     return out
-
-
-@dataclass
-class PredictArgs:
-    output_dir: str = "output/predict"
-    """Where generated_predictions.jsonl is written."""
-    per_device_eval_batch_size: int = 8
-    """Prompts generated together in one batch."""
-
-    def __post_init__(self) -> None:
-        if self.per_device_eval_batch_size < 1:
-            raise ArgumentError(f"--per_device_eval_batch_size must be at least 1, got {self.per_device_eval_batch_size}")
-
-
-@dataclass
-class ChatArgs:
-    query: str | None = None
-    """Answer this one message and exit (default: an interactive chat)."""
-    system: str | None = None
-    """System message (default: the template's own)."""
-    template: str | None = None
-    """Chat template: unset uses the tokenizer's own; or 'default', 'alpaca', 'empty', or a .jinja file."""
-
-
-@dataclass
-class TaskArgs:
-    task: Literal["classification", "generation", "loss"] = "loss"
-    """What to measure: 'classification' (label words scored by log-likelihood: accuracy, macro-F1),
-    'generation' (generate, then exact match, ROUGE-L, BLEU-4) or 'loss' (mean loss, perplexity)."""
-    label_words: str | None = None
-    """Classification labels, comma-separated (default: the distinct answers of the data)."""
-    label_score: Literal["sum", "mean"] = "sum"
-    """How a label of several tokens is scored: the sum or the mean of its tokens' log-likelihoods."""
-
-    def __post_init__(self) -> None:
-        if self.label_words is not None and len(self.labels()) < 2:
-            raise ArgumentError(f"--label_words needs at least two comma-separated words, got {self.label_words!r}")
-
-    def labels(self) -> list[str]:
-        """The --label_words as a list (empty when unset)."""
-        return [w.strip() for w in (self.label_words or "").split(",") if w.strip()]
-
-
-@dataclass
-class EvalArgs:
-    output_dir: str = "output/eval"
-    """Where eval_results.json, eval_results.md (and eval_predictions.jsonl) are written."""
-    per_device_eval_batch_size: int = 8
-    """Examples scored or generated together in one batch."""
-    save_predictions: bool = False
-    """Also write eval_predictions.jsonl: one row per example and model."""
-
-    def __post_init__(self) -> None:
-        if self.per_device_eval_batch_size < 1:
-            raise ArgumentError(f"--per_device_eval_batch_size must be at least 1, got {self.per_device_eval_batch_size}")
-
-
-@dataclass
-class SweepArgs:
-    max_new_tokens: int = 64
-    """With --task generation: the most tokens generated per validation answer (greedy)."""
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ArgumentError(f"--max_new_tokens must be at least 1, got {self.max_new_tokens}")
-
-
-@dataclass
-class CompareArgs:
-    methods: str = "prompt_tuning,p_tuning,prefix_tuning,lora,freeze,full"
-    """Methods to train and compare, comma-separated (each a --finetuning_type)."""
-    eval_dataset: str | None = None
-    """Dataset in dataset_dir each result is scored on with --task (e.g. sst2_dev with --task classification);
-    unset: the validation loss (--val_size) is the only quality figure."""
-    eval_max_samples: int | None = 200
-    """How many examples of eval_dataset are scored (the first ones; unset: all)."""
-    method_learning_rates: str = "lora=2e-4,freeze=5e-5,full=2e-5"
-    """Learning rates for some methods (method=rate, comma-separated) in place of --learning_rate: a soft prompt
-    wants ~1e-2, a full fine-tune ~1e-5. Empty: --learning_rate for all."""
-
-    def method_list(self) -> list[str]:
-        return [m.strip() for m in self.methods.split(",") if m.strip()]
-
-    def learning_rates(self) -> dict[str, float]:
-        out = {}
-        for part in filter(None, (p.strip() for p in self.method_learning_rates.split(","))):
-            method, _, rate = part.partition("=")
-            try:
-                out[method.strip()] = float(rate)
-            except ValueError:
-                raise ArgumentError(f"--method_learning_rates expects method=rate pairs, got {part!r}") from None
-        return out
-
-    def __post_init__(self) -> None:
-        methods = self.method_list()
-        known = ("prompt_tuning", "p_tuning", "prefix_tuning", "lora", "freeze", "full")
-        unknown = [m for m in methods + list(self.learning_rates()) if m not in known]
-        if unknown:
-            raise ArgumentError(f"--methods / --method_learning_rates: unknown method {unknown[0]!r} "
-                                f"(choose from {', '.join(known)})")
-        if not methods or len(set(methods)) != len(methods):
-            raise ArgumentError(f"--methods needs one or more different methods, got {self.methods!r}")
-        if any(rate <= 0 for rate in self.learning_rates().values()):
-            raise ArgumentError("--method_learning_rates: every rate must be positive")
-        if self.eval_max_samples is not None and self.eval_max_samples < 1:
-            raise ArgumentError(f"--eval_max_samples must be at least 1, got {self.eval_max_samples}")
-
-
-@dataclass
-class InspectArgs:
-    top_k: int = 5
-    """Nearest vocabulary tokens shown per virtual token."""
-    json: bool = False
-    """Print one JSON object instead of tables."""
-
-    def __post_init__(self) -> None:
-        if self.top_k < 1:
-            raise ArgumentError(f"--top_k must be at least 1, got {self.top_k}")
 
 
 def read_deepspeed_config(path: str) -> dict[str, Any]:
@@ -591,36 +322,3 @@ def read_deepspeed_config(path: str) -> dict[str, Any]:
         raise ArgumentError(f"--deepspeed {path}: zero_optimization.stage is {stage!r}; softprompt uses DeepSpeed to "
                             "partition the frozen base's weights, which is stage 3")
     return config
-
-
-@dataclass
-class ServeArgs:
-    prompts_dir: str | None = None
-    """Folder whose subfolders are adapters; each is a task named after its folder (plus 'base')."""
-    host: str = "127.0.0.1"
-    """Address to listen on."""
-    port: int = 8000
-    """Port to listen on."""
-    api_key: str | None = None
-    """Require 'Authorization: Bearer KEY' on every endpoint but /health."""
-    max_batch_size: int = 8
-    """Requests generated together in one batch (tasks may be mixed)."""
-    batch_window_ms: float = 10.0
-    """How long a request waits for others to join its batch."""
-    max_queue: int = 64
-    """Requests that may wait; beyond it the server answers 503 at once."""
-    max_prefix_cache_mb: float = 256.0
-    """Memory for cached prefix K/V of tasks (least recently used evicted first)."""
-    template: str | None = None
-    """Chat template: unset uses the tokenizer's own (as in training)."""
-
-    def __post_init__(self) -> None:
-        if not 0 < self.port < 65536:
-            raise ArgumentError(f"--port must be in 1..65535, got {self.port}")
-        for name in ("max_batch_size", "max_queue"):
-            if getattr(self, name) < 1:
-                raise ArgumentError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        if self.api_key is not None and (not self.api_key.strip() or self.api_key != self.api_key.strip()):
-            raise ArgumentError("--api_key must be non-empty, without surrounding spaces")  # never echo the key
-        if self.prompts_dir is not None and not Path(self.prompts_dir).is_dir():
-            raise ArgumentError(f"--prompts_dir {self.prompts_dir} is not a folder")

@@ -13,9 +13,7 @@ metadata), or ``.pt``, the tensor itself for ``torch.load``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from safetensors.torch import save_file
@@ -26,22 +24,6 @@ from softprompt.methods import REGISTRY, read_adapter
 
 TENSOR_NAME = "prompt_embeds"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass
-class ExportArgs:
-    adapter_name_or_path: str | None = None
-    """Folder of the trained adapter (PEFT format): prompt_tuning or p_tuning."""
-    format: Literal["embeddings"] = "embeddings"
-    """What to write: 'embeddings', the prompt's (num_virtual_tokens, hidden_size) input embeddings."""
-    output: str | None = None
-    """File to write: .safetensors (one tensor 'prompt_embeds') or .pt (the tensor, for torch.load)."""
-    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
-    """Precision of the written tensor (cast it to the serving model's dtype here or when loading it)."""
-
-    def __post_init__(self) -> None:
-        if self.output is not None and Path(self.output).suffix not in (".safetensors", ".pt"):
-            raise ArgumentError(f"--output {self.output}: name a .safetensors or a .pt file")
 
 
 def prompt_embeddings(adapter_dir: str | Path) -> tuple[torch.Tensor, dict[str, str]]:

@@ -15,26 +15,15 @@ import subprocess
 import sys
 import time
 
-from softprompt.config import ArgumentError
-
-FLAG = "--nproc_per_node"
+from softprompt.arguments import split_args
+from softprompt.command_args import LaunchArgs
 
 
 def pop_nproc(argv: list[str]) -> tuple[int, list[str]]:
-    """``(N, argv without the flag)``; N is 1 when the flag is absent."""
-    rest, n, i = [], 1, 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == FLAG or arg.startswith(FLAG + "="):
-            value = arg.split("=", 1)[1] if "=" in arg else (argv[i + 1] if i + 1 < len(argv) else "")
-            i += 1 if "=" in arg else 2
-            if not value.isdigit() or int(value) < 1:
-                raise ArgumentError(f"{FLAG} must be a positive number of processes, got {value!r}")
-            n = int(value)
-            continue
-        rest.append(arg)
-        i += 1
-    return n, rest
+    """``(N, argv without --nproc_per_node N)``, the rest as given for the children; N is 1 when the flag
+    is absent."""
+    (launch,), rest = split_args(argv, [LaunchArgs])
+    return launch.nproc_per_node, rest
 
 
 def launched() -> bool:

@@ -17,20 +17,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from softprompt.config import (
-    ArgumentError, DataArgs, GenerateArgs, MethodArgs, ModelArgs, SweepArgs, TaskArgs, TrainArgs, load_yaml_args,
-    parse_args,
-)
+from softprompt.arguments import parse_args
+from softprompt.command_args import SweepArgs, TaskArgs
+from softprompt.config import ArgumentError, DataArgs, GenerateArgs, MethodArgs, ModelArgs, TrainArgs
 from softprompt.evaluate.run import COLUMNS, eval_conversations, run_task
 from softprompt.evaluate.tasks import choose_labels
 from softprompt.inference import Predictor
+from softprompt.files import atomic_write_text
+from softprompt.methods import resolve
 from softprompt.model import load_model
+from softprompt.report import number, pyplot
 from softprompt.train import TrainingError, train
 from softprompt.train.loop import fresh_output_dir
 
 log = logging.getLogger("softprompt")
-AXES = {"num_virtual_tokens": int, "prompt_tuning_init": str, "learning_rate": float}
-"""Arguments a sweep takes as comma-separated lists (or YAML lists), and their types."""
 GOAL = {"classification": ("accuracy", max), "generation": ("rouge_l", max), "loss": ("eval_loss", min)}
 """Per task: the number that names the best run, and whether higher or lower is better."""
 
@@ -45,54 +45,18 @@ class SweepPlan:
     gen: GenerateArgs
     """Greedy decoding for --task generation (max_new_tokens from the sweep's flags)."""
     axes: dict[str, list[Any]]
-    """Each swept argument's values, in the order given."""
-
-
-def split_axes(argv: list[str]) -> tuple[dict[str, list[str]], list[str]]:
-    """Take the swept flags (``--num_virtual_tokens 5,10`` or ``=5,10``) out of ``argv``; YAML lists too.
-
-    Returns ({argument: [value text, ...]}, the remaining argv with each axis pinned to its first
-    value, so the ordinary parser validates the rest).
-    """
-    axes: dict[str, list[str]] = {}
-    if argv and argv[0].endswith((".yaml", ".yml")):
-        for name, value in load_yaml_args(argv[0]).items():
-            if name in AXES:
-                axes[name] = [str(v) for v in value] if isinstance(value, list) else str(value).split(",")
-    rest: list[str] = []
-    i = 0
-    while i < len(argv):
-        name, _, inline = argv[i].removeprefix("--").partition("=")
-        if argv[i].startswith("--") and name in AXES:
-            text = inline if inline else (argv[i + 1] if i + 1 < len(argv) else "")
-            axes[name] = text.split(",")
-            i += 1 if inline else 2
-            continue
-        rest.append(argv[i])
-        i += 1
-    axes = {k: [v.strip() for v in vals if v.strip()] for k, vals in axes.items()}
-    for name, vals in axes.items():
-        if not vals:
-            raise ArgumentError(f"--{name} needs one or more comma-separated values")
-        rest += [f"--{name}", vals[0]]
-    return axes, rest
+    """Each swept argument given (in SweepArgs' order) and its values, in the order given."""
 
 
 def parse_sweep(argv: list[str]) -> SweepPlan:
-    """The train flags plus the eval flags; swept arguments are comma-separated lists."""
-    text_axes, rest = split_axes(argv)
+    """The train flags plus the eval flags; swept arguments are lists (SweepArgs), the method's and training's
+    arguments hold their first values until each run takes its own."""
     (model, data, method, targs, task, sweep), _ = parse_args(
-        rest, [ModelArgs, DataArgs, MethodArgs, TrainArgs, TaskArgs, SweepArgs], "softprompt sweep",
+        argv, [ModelArgs, DataArgs, MethodArgs, TrainArgs, TaskArgs, SweepArgs], "softprompt sweep",
         "Train one soft prompt per combination (comma-separated num_virtual_tokens, prompt_tuning_init, "
         "learning_rate) and compare them on the validation split.",
     )
-    axes: dict[str, list[Any]] = {}
-    for name, values in text_axes.items():
-        try:
-            axes[name] = [AXES[name](v) for v in values]
-        except ValueError:
-            kind = AXES[name].__name__
-            raise ArgumentError(f"--{name} expects comma-separated {kind} values, got {values}") from None
+    method, axes = resolve(method), sweep.axes()  # arguments of other methods: warned about once, here
     if not data.val_size:
         raise ArgumentError("sweep compares runs on a validation split: set --val_size (e.g. 0.1 or 50)")
     if "text" in axes.get("prompt_tuning_init", []) and not method.prompt_tuning_init_text:
@@ -156,8 +120,8 @@ def run_sweep(plan: SweepPlan) -> dict[str, Any]:
     best = pick(scored_rows, key=lambda r: r[key])["run"] if scored_rows else None
     report = {"task": task, "metric": key, "best": best, "axes": plan.axes, "dataset": plan.data.dataset,
               "base_model": plan.model.model_name_or_path, "runs": rows}
-    (out / "sweep_results.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "sweep_results.md").write_text(sweep_markdown(report))
+    atomic_write_text(out / "sweep_results.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out / "sweep_results.md", sweep_markdown(report))
     plot_sweep(report, out / "sweep.png")
     return report
 
@@ -169,28 +133,19 @@ def sweep_markdown(report: dict[str, Any]) -> str:
             *(h for _, h in extra), "train s"]
     lines = ["| " + " | ".join(head) + " |", "|---|---:|---|" + "---:|" * (len(head) - 3)]
     for r in report["runs"]:
-        cells = [r["run"] + (" (failed)" if "error" in r else ""), _num(r["num_virtual_tokens"]), r["init"],
-                 f"{r['learning_rate']:g}", _num(r["steps"]),
-                 _num(r["train_loss"]), _num(r["eval_loss"]), *(_num(r.get(k)) for k, _ in extra),
+        cells = [r["run"] + (" (failed)" if "error" in r else ""), number(r["num_virtual_tokens"]), r["init"],
+                 f"{r['learning_rate']:g}", number(r["steps"]),
+                 number(r["train_loss"]), number(r["eval_loss"]), *(number(r.get(k)) for k, _ in extra),
                  f"{r['train_runtime_s']:.0f}"]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + f"\n\nbest by {report['metric']}: **{report['best']}**\n"
 
 
-def _num(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
-    return str(value)
 
 
 def plot_sweep(report: dict[str, Any], path: Path) -> Path:
     """Metric vs prompt length, one line per init (and learning rate); validation loss beside it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     keys = ["eval_loss"] + ([report["metric"]] if report["metric"] != "eval_loss" else [])
     fig, axes = plt.subplots(1, len(keys), figsize=(6.5 * len(keys), 4.2), dpi=110, squeeze=False)

@@ -158,7 +158,9 @@ def test_base_model_without_chat_template_needs_template(tiny_base_dir, data_dir
 def test_every_example_config_parses():
     from pathlib import Path
 
-    from softprompt.config import CompareArgs, DataArgs, MethodArgs, ModelArgs, TaskArgs, TrainArgs, parse_args
+    from softprompt.arguments import parse_args
+    from softprompt.command_args import CompareArgs, TaskArgs
+    from softprompt.config import DataArgs, MethodArgs, ModelArgs, TrainArgs
     from softprompt.methods import METHODS
 
     root = Path(__file__).resolve().parents[2] / "examples"

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from softprompt.config import ArgumentError, DataArgs, EvalArgs, GenerateArgs, ModelArgs, TaskArgs
+from softprompt.command_args import EvalArgs, TaskArgs
+from softprompt.config import DataArgs, GenerateArgs, ModelArgs
 from softprompt.data import Conversation, load_conversations, split_dataset
 from softprompt.defaults import is_base
 from softprompt.evaluate.tasks import choose_labels, run_classification, run_generation, run_loss
@@ -46,8 +47,7 @@ def adapter_entries(value: str | None) -> list[str | None]:
 def eval_conversations(data_args: DataArgs, seed: int) -> list[Conversation]:
     """The dataset's conversations; with ``--val_size`` only its validation part (the split training
     made with the same seed, as long as training skipped no example)."""
-    if data_args.dataset is None:
-        raise ArgumentError("--dataset is required: name(s) from dataset_info.json in --dataset_dir")
+    data_args.require_dataset()
     conversations = load_conversations(data_args, seed)
     if data_args.val_size:
         conversations = split_dataset(conversations, data_args.val_size, seed)[1]

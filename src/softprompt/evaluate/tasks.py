@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from softprompt.config import DataArgs, GenerateArgs, TaskArgs
+from softprompt.command_args import TaskArgs
+from softprompt.config import DataArgs, GenerateArgs
 from softprompt.data import Conversation, DataError, collate, tokenize_dataset, truncate_prompt
 from softprompt.engine.forward import row_losses
 from softprompt.evaluate.metrics import accuracy, confusion_matrix, generation_scores, macro_f1

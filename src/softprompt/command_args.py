@@ -1,0 +1,208 @@
+"""The arguments of each command beyond training's: predict, chat, eval, sweep, compare, inspect, serve,
+export, and the launcher's ``--nproc_per_node``.
+
+As in :mod:`softprompt.config`: each field's attribute docstring is its ``--help`` text, and
+``__post_init__`` validates, raising :class:`~softprompt.config.ArgumentError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from softprompt.config import ArgumentError
+
+
+@dataclass
+class PredictArgs:
+    output_dir: str = "output/predict"
+    """Where generated_predictions.jsonl is written."""
+    per_device_eval_batch_size: int = 8
+    """Prompts generated together in one batch."""
+
+    def __post_init__(self) -> None:
+        if self.per_device_eval_batch_size < 1:
+            raise ArgumentError(f"--per_device_eval_batch_size must be at least 1, got {self.per_device_eval_batch_size}")
+
+
+@dataclass
+class ChatArgs:
+    query: str | None = None
+    """Answer this one message and exit (default: an interactive chat)."""
+    system: str | None = None
+    """System message (default: the template's own)."""
+    template: str | None = None
+    """Chat template: unset uses the tokenizer's own; or 'default', 'alpaca', 'empty', or a .jinja file."""
+
+
+@dataclass
+class TaskArgs:
+    task: Literal["classification", "generation", "loss"] = "loss"
+    """What to measure: 'classification' (label words scored by log-likelihood: accuracy, macro-F1),
+    'generation' (generate, then exact match, ROUGE-L, BLEU-4) or 'loss' (mean loss, perplexity)."""
+    label_words: str | None = None
+    """Classification labels, comma-separated (default: the distinct answers of the data)."""
+    label_score: Literal["sum", "mean"] = "sum"
+    """How a label of several tokens is scored: the sum or the mean of its tokens' log-likelihoods."""
+
+    def __post_init__(self) -> None:
+        if self.label_words is not None and len(self.labels()) < 2:
+            raise ArgumentError(f"--label_words needs at least two comma-separated words, got {self.label_words!r}")
+
+    def labels(self) -> list[str]:
+        """The --label_words as a list (empty when unset)."""
+        return [w.strip() for w in (self.label_words or "").split(",") if w.strip()]
+
+
+@dataclass
+class EvalArgs:
+    output_dir: str = "output/eval"
+    """Where eval_results.json, eval_results.md (and eval_predictions.jsonl) are written."""
+    per_device_eval_batch_size: int = 8
+    """Examples scored or generated together in one batch."""
+    save_predictions: bool = False
+    """Also write eval_predictions.jsonl: one row per example and model."""
+
+    def __post_init__(self) -> None:
+        if self.per_device_eval_batch_size < 1:
+            raise ArgumentError(f"--per_device_eval_batch_size must be at least 1, got {self.per_device_eval_batch_size}")
+
+
+@dataclass
+class SweepArgs:
+    num_virtual_tokens: list[int] | None = None
+    """Prompt lengths to try, comma-separated (e.g. 5,10,20) or a YAML list: one run per combination of the
+    lists given (unset: the training default)."""
+    prompt_tuning_init: list[str] | None = None
+    """Initialisations to try, comma-separated: random, sample_vocab, text (with prompt_tuning_init_text),
+    module:function."""
+    learning_rate: list[float] | None = None
+    """Learning rates to try, comma-separated."""
+    max_new_tokens: int = 64
+    """With --task generation: the most tokens generated per validation answer (greedy)."""
+
+    AXES: ClassVar[tuple[str, ...]] = ("num_virtual_tokens", "prompt_tuning_init", "learning_rate")
+    """The swept arguments: each run takes one value of each list given."""
+
+    def axes(self) -> dict[str, list[Any]]:
+        """{swept argument: its values} for the lists given."""
+        return {name: getattr(self, name) for name in self.AXES if getattr(self, name) is not None}
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ArgumentError(f"--max_new_tokens must be at least 1, got {self.max_new_tokens}")
+
+
+@dataclass
+class CompareArgs:
+    methods: str | None = None
+    """Methods to train and compare, comma-separated (each a --finetuning_type; default: every registered method)."""
+    eval_dataset: str | None = None
+    """Dataset in dataset_dir each result is scored on with --task (e.g. sst2_dev with --task classification);
+    unset: the validation loss (--val_size) is the only quality figure."""
+    eval_max_samples: int | None = 200
+    """How many examples of eval_dataset are scored (the first ones; unset: all)."""
+    method_learning_rates: str = "lora=2e-4,freeze=5e-5,full=2e-5"
+    """Learning rates for some methods (method=rate, comma-separated) in place of --learning_rate: a soft prompt
+    wants ~1e-2, a full fine-tune ~1e-5. Empty: --learning_rate for all."""
+
+    def method_list(self) -> list[str]:
+        """The --methods named (empty when unset: the caller takes every registered method)."""
+        return [m.strip() for m in (self.methods or "").split(",") if m.strip()]
+
+    def learning_rates(self) -> dict[str, float]:
+        out = {}
+        for part in filter(None, (p.strip() for p in self.method_learning_rates.split(","))):
+            method, _, rate = part.partition("=")
+            try:
+                out[method.strip()] = float(rate)
+            except ValueError:
+                raise ArgumentError(f"--method_learning_rates expects method=rate pairs, got {part!r}") from None
+        return out
+
+    def __post_init__(self) -> None:
+        methods = self.method_list()  # the names are checked against the method registry by compare
+        if self.methods is not None and (not methods or len(set(methods)) != len(methods)):
+            raise ArgumentError(f"--methods needs one or more different methods, got {self.methods!r}")
+        if any(rate <= 0 for rate in self.learning_rates().values()):
+            raise ArgumentError("--method_learning_rates: every rate must be positive")
+        if self.eval_max_samples is not None and self.eval_max_samples < 1:
+            raise ArgumentError(f"--eval_max_samples must be at least 1, got {self.eval_max_samples}")
+
+
+@dataclass
+class InspectArgs:
+    top_k: int = 5
+    """Nearest vocabulary tokens shown per virtual token."""
+    json: bool = False
+    """Print one JSON object instead of tables."""
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise ArgumentError(f"--top_k must be at least 1, got {self.top_k}")
+
+
+@dataclass
+class ServeArgs:
+    prompts_dir: str | None = None
+    """Folder whose subfolders are adapters; each is a task named after its folder (plus 'base')."""
+    host: str = "127.0.0.1"
+    """Address to listen on."""
+    port: int = 8000
+    """Port to listen on."""
+    api_key: str | None = None
+    """Require 'Authorization: Bearer KEY' on every endpoint but /health."""
+    max_batch_size: int = 8
+    """Requests generated together in one batch (tasks may be mixed)."""
+    batch_window_ms: float = 10.0
+    """How long a request waits for others to join its batch."""
+    max_queue: int = 64
+    """Requests that may wait; beyond it the server answers 503 at once."""
+    max_prefix_cache_mb: float = 256.0
+    """Memory for cached prefix K/V of tasks (least recently used evicted first)."""
+    template: str | None = None
+    """Chat template: unset uses the tokenizer's own (as in training)."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ArgumentError(f"--port must be in 1..65535, got {self.port}")
+        for name in ("max_batch_size", "max_queue"):
+            if getattr(self, name) < 1:
+                raise ArgumentError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.api_key is not None and (not self.api_key.strip() or self.api_key != self.api_key.strip()):
+            raise ArgumentError("--api_key must be non-empty, without surrounding spaces")  # never echo the key
+        if self.prompts_dir is not None and not Path(self.prompts_dir).is_dir():
+            raise ArgumentError(f"--prompts_dir {self.prompts_dir} is not a folder")
+
+
+@dataclass
+class ExportArgs:
+    adapter_name_or_path: str | None = None
+    """Folder of the trained adapter (PEFT format): prompt_tuning or p_tuning."""
+    format: Literal["embeddings"] = "embeddings"
+    """What to write: 'embeddings', the prompt's (num_virtual_tokens, hidden_size) input embeddings."""
+    output: str | None = None
+    """File to write: .safetensors (one tensor 'prompt_embeds') or .pt (the tensor, for torch.load)."""
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Precision of the written tensor (cast it to the serving model's dtype here or when loading it)."""
+
+    def __post_init__(self) -> None:
+        if self.output is not None and Path(self.output).suffix not in (".safetensors", ".pt"):
+            raise ArgumentError(f"--output {self.output}: name a .safetensors or a .pt file")
+
+
+def _process_count(text: Any) -> int:
+    """``--nproc_per_node`` text -> a positive int; a word or a sign is refused in the same words as 0."""
+    if not str(text).isdigit() or int(text) < 1:
+        raise ArgumentError(f"--nproc_per_node must be a positive number of processes, got {str(text)!r}")
+    return int(text)
+
+
+@dataclass
+class LaunchArgs:
+    nproc_per_node: int = field(default=1, metadata={"parse": _process_count})
+    """Train in N processes on this machine (data parallel, as torchrun does); each gets the other arguments."""
+
+    def __post_init__(self) -> None:
+        _process_count(self.nproc_per_node)
