@@ -1,5 +1,5 @@
 """Training health: the last adapter state whose loss was finite, the best validation loss, and
-early stopping on it.
+early stopping on it. The rules are here; what they keep lives in the loop's :class:`RunState`.
 
 States are copies of ``adapter.adapter_state()`` (PEFT's keys, fp32 on the CPU): a soft prompt
 is a few hundred KB, so keeping one or two costs nothing next to a step, and it works the same
@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from softprompt.config import TrainArgs
+from softprompt.train.state import RunState, State
 
-State = dict[str, torch.Tensor]
 SNAPSHOT_LIMIT = 256 * 2**20
 """Adapters bigger than this (bytes; full fine-tuning) are not copied every update: after a
 non-finite loss, their last ``checkpoint-N`` folder is what remains."""
@@ -39,37 +37,36 @@ def copy_state(adapter) -> State:
 
 
 class Health:
-    """Follows a run: call :meth:`finite` before each update, :meth:`evaluated` after each validation."""
+    """The rules of a run: call :meth:`finite` before each update, :meth:`evaluated` after each
+    validation; both keep their bookkeeping in the :class:`RunState` they are given."""
 
     def __init__(self, adapter, args: TrainArgs):
         self.adapter, self.args = adapter, args
-        self.last_good: State | None = None
-        self.last_good_updates = 0
-        """How many updates the last good state had received."""
-        self.best_loss, self.best_step, self.best_state = math.inf, 0, None
-        self.evals_without_improvement = 0
         self.snapshots = sum(t.numel() * 4 for t in adapter.adapter_state().values()) <= SNAPSHOT_LIMIT
+        """Whether the adapter is small enough to copy before every update."""
 
-    def finite(self, step: int) -> None:
-        """Step ``step``'s loss and gradient were finite: the parameters it used are good."""
+    def finite(self, state: RunState) -> None:
+        """The next update's loss and gradient were finite: the parameters it used (after
+        ``state.step`` updates) are good."""
         if self.snapshots:
-            self.last_good, self.last_good_updates = copy_state(self.adapter), step - 1
+            state.last_good, state.last_good_updates = copy_state(self.adapter), state.step
 
-    def evaluated(self, step: int, eval_loss: float) -> bool:
-        """Record a validation loss measured after ``step`` updates; True when training should stop."""
-        if eval_loss < self.best_loss:
-            self.best_loss, self.best_step, self.evals_without_improvement = eval_loss, step, 0
+    def evaluated(self, state: RunState) -> bool:
+        """Record ``state.eval_loss``, measured after ``state.step`` updates; True when training should stop."""
+        if state.eval_loss < state.best_loss:
+            state.best_loss, state.best_step, state.evals_without_improvement = state.eval_loss, state.step, 0
             if self.args.load_best_model_at_end:
-                self.best_state = copy_state(self.adapter)
+                state.best_state = copy_state(self.adapter)
             return False
-        self.evals_without_improvement += 1
+        state.evals_without_improvement += 1
         patience = self.args.early_stopping_patience
-        return bool(patience) and self.evals_without_improvement >= patience
+        return bool(patience) and state.evals_without_improvement >= patience
 
-    def non_finite_message(self, err: NonFiniteError, output_dir: str) -> str:
+    def non_finite_message(self, state: RunState, err: NonFiniteError, output_dir: str) -> str:
         """One line: the step, what was kept, and what to try."""
-        if self.last_good is not None:
-            kept = f"{output_dir} holds the adapter after {self.last_good_updates} updates (the last with a finite loss)"
+        if state.last_good is not None:
+            kept = (f"{output_dir} holds the adapter after {state.last_good_updates} updates "
+                    "(the last with a finite loss)")
         elif not self.snapshots:
             kept = f"the adapter is too big to copy every update: the checkpoint-N folders in {output_dir} remain"
         else:

@@ -16,6 +16,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 import yaml
@@ -24,15 +25,17 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from softprompt.config import ArgumentError, DataArgs, MethodArgs, ModelArgs, TrainArgs, as_dict
 from softprompt import methods
+from softprompt.config import ArgumentError, DataArgs, MethodArgs, ModelArgs, TrainArgs, as_dict
 from softprompt.data import IGNORE_INDEX, collate, load_and_tokenize
+from softprompt.files import atomic_write_text
 from softprompt.engine.forward import AdaptedLM, batch_loss, enable_gradient_checkpointing, prefix_of
 from softprompt.model import LoadedModel, load_model, model_folder_as_base
-from softprompt.train.health import Health, NonFiniteError, State, check_finite
+from softprompt.train.health import Health, NonFiniteError, check_finite
 from softprompt.train.plot import plot_loss
-from softprompt.train.resume import Progress, continue_from, restore, resume_folder, save_checkpoint
+from softprompt.train.resume import Rng, continue_from, restore, resume_folder, save_checkpoint
 from softprompt.train.shard import release_gathered, shard_base, sync_replicated_grads
+from softprompt.train.state import RunState, State
 
 log = logging.getLogger("softprompt")
 
@@ -131,12 +134,30 @@ def evaluate_loss(model: AdaptedLM, loader: DataLoader, accelerator: Accelerator
     return float(stats[0] / stats[1].clamp(min=1))
 
 
-def _update(model, optimizer, scheduler, window, accelerator: Accelerator, args: TrainArgs, step: int,
-            health: Health):
-    """One optimizer update over a window of micro-batches: (mean loss, grad norm, lr used, real tokens).
+class _Update(NamedTuple):
+    """What one optimizer update reports."""
+
+    loss: float
+    """Mean loss per labelled token, over every process's micro-batches."""
+    grad_norm: float
+    """The gradient's norm before clipping."""
+    lr: float
+    """The learning rate the update used."""
+    tokens: int
+    """Real (non-padding) tokens, over every process."""
+    seconds: float
+    """How long the update took."""
+    epoch: float
+    """Where the data stream is after the update, in epochs."""
+
+
+def _update(run: _Run, state: RunState, window: list[tuple[float, dict]]) -> _Update:
+    """The optimizer update after ``state.step`` ones, over a window of micro-batches ``(epoch, batch)``.
 
     Raises NonFiniteError, before touching the parameters, when the loss or gradient is not finite.
     """
+    start = time.time()
+    model, optimizer, scheduler, accelerator, args = run.model, run.optimizer, run.scheduler, run.accelerator, run.args
     n_local = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for _, b in window)
     n_global = float(accelerator.reduce(torch.tensor(float(n_local), device=accelerator.device), "sum"))
     scale = accelerator.num_processes / max(n_global, 1.0)  # DDP averages over processes
@@ -155,8 +176,8 @@ def _update(model, optimizer, scheduler, window, accelerator: Accelerator, args:
     loss, tokens = float(totals[0]) / max(n_global, 1.0), int(totals[1])
     params = [p for p in model.parameters() if p.requires_grad]
     grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
-    check_finite(step, loss, float(grad_norm))
-    health.finite(step)
+    check_finite(state.step + 1, loss, float(grad_norm))
+    run.health.finite(state)
     if args.max_grad_norm > 0:
         accelerator.clip_grad_norm_(params, args.max_grad_norm)
     lr = scheduler.get_last_lr()[0]
@@ -164,7 +185,7 @@ def _update(model, optimizer, scheduler, window, accelerator: Accelerator, args:
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     release_gathered(model)  # --deepspeed: the weights the backward gathered
-    return loss, float(grad_norm), lr, tokens
+    return _Update(loss, float(grad_norm), lr, tokens, time.time() - start, window[-1][0])
 
 
 class _Outputs:
@@ -173,19 +194,17 @@ class _Outputs:
     def __init__(self, args: TrainArgs, lm: LoadedModel, adapter, accelerator: Accelerator, all_args: dict):
         self.dir, self.args, self.lm, self.adapter = Path(args.output_dir), args, lm, adapter
         self.main = accelerator.is_main_process
-        self.history: list[dict] = []
         self.sizes: dict[str, int] = {}
-        self.train_tokens, self.update_seconds = 0, 0.0
-        """Real (non-padding) tokens trained on, and the seconds spent in updates (validation excluded)."""
         if self.main:
             if self.dir.exists() and not args.resume_from_checkpoint:
                 shutil.rmtree(self.dir)  # --overwrite_output_dir was checked before anything was loaded
             self.dir.mkdir(parents=True, exist_ok=True)  # resuming keeps output_dir and appends to its log
-            (self.dir / "training_args.yaml").write_text(yaml.safe_dump(all_args, sort_keys=False))
+            atomic_write_text(self.dir / "training_args.yaml", yaml.safe_dump(all_args, sort_keys=False))
             self.log_file = open(self.dir / "trainer_log.jsonl", "a", encoding="utf-8")
 
-    def record(self, row: dict) -> None:
-        self.history.append(row)
+    def record(self, state: RunState, row: dict) -> None:
+        """Add ``row`` to the run's history and to trainer_log.jsonl."""
+        state.history.append(row)
         if self.main:
             self.log_file.write(json.dumps(row) + "\n")
             self.log_file.flush()
@@ -198,13 +217,36 @@ class _Outputs:
             return
         methods.save_adapter(self.adapter, folder or self.dir, self.lm.name, self.lm.model, state)
 
-    def finish(self, result: dict) -> None:
+    def finish(self, result: dict, history: list[dict]) -> None:
         if not self.main:
             return
         self.log_file.close()
-        (self.dir / "train_results.json").write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_text(self.dir / "train_results.json", json.dumps(result, indent=2) + "\n")
         if self.args.plot_loss:
-            plot_loss(self.history, self.dir / "training_loss.png")
+            plot_loss(history, self.dir / "training_loss.png")
+
+
+@dataclass
+class _Run:
+    """The run's fixed parts, built once by :func:`train`; what changes from update to update is in
+    the :class:`RunState`."""
+
+    model: torch.nn.Module
+    """The AdaptedLM, as Accelerate prepared it."""
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    """The learning-rate scheduler (``transformers.get_scheduler``)."""
+    train_loader: DataLoader
+    val_loader: DataLoader | None
+    accelerator: Accelerator
+    args: TrainArgs
+    total: int
+    """Optimizer updates the run makes in all."""
+    outputs: _Outputs
+    health: Health
+    resume_rng: Rng | None = None
+    """The checkpoint's random state, put back once the data stream is where the checkpoint left it
+    (None: a fresh run)."""
 
 
 def train(model_args: ModelArgs, data_args: DataArgs, method_args: MethodArgs, args: TrainArgs) -> TrainResult:
@@ -221,8 +263,7 @@ def train(model_args: ModelArgs, data_args: DataArgs, method_args: MethodArgs, a
     if not accelerator.is_main_process:
         log.setLevel(logging.WARNING)  # rank 0 reports; the others only warn
     lm = load_model(model_args.model_name_or_path, model_args.cache_dir)
-    if data_args.dataset is None:
-        raise ArgumentError("--dataset is required: name(s) from dataset_info.json in --dataset_dir")
+    data_args.require_dataset()
     train_set, val_set = load_and_tokenize(data_args, lm.tokenizer, args.seed)
     if (args.early_stopping_patience or args.load_best_model_at_end) and not val_set:
         flag = "--early_stopping_patience" if args.early_stopping_patience else "--load_best_model_at_end"
@@ -248,20 +289,18 @@ def train(model_args: ModelArgs, data_args: DataArgs, method_args: MethodArgs, a
     if val_loader is not None:
         val_loader = accelerator.prepare(val_loader)
     accelerator.wait_for_everyone()  # every process checked output_dir before rank 0 replaces it
-    resumed = None if checkpoint is None else restore(checkpoint, accelerator.unwrap_model(model), optimizer,
-                                                      scheduler, args, accelerator.is_main_process)
+    state, rng = RunState(), None
+    if checkpoint is not None:
+        state, rng = restore(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler, args,
+                             accelerator.is_main_process)
     outputs = _Outputs(args, lm, adapter, accelerator, as_dict(model_args, data_args, method_args, args))
     outputs.sizes = {"trainable_params": n_params, "all_params": n_all}
-    health = Health(adapter, args)
+    run = _Run(model, optimizer, scheduler, train_loader, val_loader, accelerator, args, total, outputs,
+               Health(adapter, args), rng)
     try:
-        return _run(model, optimizer, scheduler, train_loader, val_loader, accelerator, args, total, outputs, health,
-                    resumed)
-    except NonFiniteError as err:  # keep the last good adapter, then stop with one line
-        if health.last_good is not None:
-            outputs.save_adapter(state=health.last_good)
-        outputs.finish({"global_step": err.step, "stopped": "non-finite loss or gradient",
-                        "last_good_updates": health.last_good_updates if health.last_good is not None else None})
-        raise TrainingError(health.non_finite_message(err, str(outputs.dir))) from None
+        return _run(run, state)
+    except NonFiniteError as err:
+        raise _stopped(run, state, err) from None
 
 
 def _initial_adapter(lm: LoadedModel, model_args: ModelArgs, method_args: MethodArgs, seed: int):
@@ -278,84 +317,92 @@ def _initial_adapter(lm: LoadedModel, model_args: ModelArgs, method_args: Method
     return adapter
 
 
-def _validate(model, val_loader, accelerator, step: int, epoch: float, total: int, outputs, health: Health,
-              bar) -> tuple[float, bool]:
-    """Validation loss after ``step`` updates, logged; and whether early stopping says stop."""
-    eval_loss = evaluate_loss(model, val_loader, accelerator)
-    outputs.record({"current_steps": step, "total_steps": total, "eval_loss": round(eval_loss, 4),
-                    "epoch": round(epoch, 3)})
-    bar.write(f"step {step}/{total}  eval_loss {eval_loss:.4f}")
-    stop = health.evaluated(step, eval_loss)
+def _validate(run: _Run, state: RunState, epoch: float, bar) -> bool:
+    """The validation loss after ``state.step`` updates, logged; whether early stopping says stop."""
+    state.eval_loss = evaluate_loss(run.model, run.val_loader, run.accelerator)
+    run.outputs.record(state, {"current_steps": state.step, "total_steps": run.total,
+                               "eval_loss": round(state.eval_loss, 4), "epoch": round(epoch, 3)})
+    bar.write(f"step {state.step}/{run.total}  eval_loss {state.eval_loss:.4f}")
+    stop = run.health.evaluated(state)
     if stop:
-        bar.write(f"early stopping at step {step}: no lower validation loss in {health.args.early_stopping_patience} "
-                  f"validations (best {health.best_loss:.4f} at step {health.best_step})")
-    return eval_loss, stop
+        bar.write(f"early stopping at step {state.step}: no lower validation loss in "
+                  f"{run.args.early_stopping_patience} validations "
+                  f"(best {state.best_loss:.4f} at step {state.best_step})")
+    return stop
 
 
-def _run(model, optimizer, scheduler, train_loader, val_loader, accelerator, args, total, outputs,
-         health: Health, resumed: Progress | None = None) -> TrainResult:
-    start = last_log = time.time()
-    stream = _micro_batches(train_loader)
-    model.train()
-    done = resumed or Progress()
-    pending, losses, tokens, eval_loss, step, stop = done.pending, done.losses, 0, done.eval_loss, done.step, False
-    if resumed is not None:
-        continue_from(resumed, stream, outputs, health, args)  # data order, RNG, log history, best-loss bookkeeping
-    bar = tqdm(total=total, initial=done.step, desc="train", unit="step", disable=not accelerator.is_main_process)
-    if not accelerator.is_main_process:
+def _log_update(run: _Run, state: RunState, update: _Update, bar) -> None:
+    """A log line (trainer_log.jsonl and the console) for the updates since the last one."""
+    now = time.time()
+    loss, tokens_per_second = state.take_pending(now)
+    run.outputs.record(state, {
+        "current_steps": state.step, "total_steps": run.total, "loss": round(loss, 4),
+        "learning_rate": update.lr, "grad_norm": round(update.grad_norm, 4),
+        "epoch": round(update.epoch, 3), "tokens_per_second": round(tokens_per_second, 1),
+        "percentage": round(100 * state.step / run.total, 2), "elapsed_time": round(now - state.start_time, 1),
+    })
+    bar.write(f"step {state.step}/{run.total}  loss {loss:.4f}  lr {update.lr:.2e}"
+              f"  grad_norm {update.grad_norm:.4f}  {tokens_per_second:.0f} tokens/s")
+
+
+def _run(run: _Run, state: RunState) -> TrainResult:
+    """The updates from ``state.step`` (0, or a checkpoint's) to ``run.total``; then the adapter and results."""
+    state.start_time = state.last_log_time = time.time()
+    stream = _micro_batches(run.train_loader)
+    run.model.train()
+    args, total, main = run.args, run.total, run.accelerator.is_main_process
+    if run.resume_rng is not None:  # the data order and random state where the checkpoint left them
+        continue_from(stream, state.step * args.gradient_accumulation_steps, run.resume_rng)
+    bar = tqdm(total=total, initial=state.step, desc="train", unit="step", disable=not main)
+    if not main:
         bar.write = lambda *_, **__: None  # tqdm.write prints even when the bar is disabled; rank 0 reports
-    for step in range(done.step + 1, total + 1):
-        window = [next(stream) for _ in range(args.gradient_accumulation_steps)]
-        update_start = time.time()
-        loss, grad_norm, lr, n_tok = _update(model, optimizer, scheduler, window, accelerator, args, step, health)
-        outputs.train_tokens += n_tok
-        outputs.update_seconds += time.time() - update_start
-        losses.append(loss)
-        pending.append(loss)
-        tokens += n_tok
+    while state.step < total:
+        update = _update(run, state, [next(stream) for _ in range(args.gradient_accumulation_steps)])
+        state.add_update(update.loss, update.tokens, update.seconds)
         bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}")
-        if step % args.logging_steps == 0 or step == total:
-            now = time.time()
-            outputs.record({
-                "current_steps": step, "total_steps": total, "loss": round(sum(pending) / len(pending), 4),
-                "learning_rate": lr, "grad_norm": round(grad_norm, 4),
-                "epoch": round(window[-1][0], 3), "tokens_per_second": round(tokens / max(now - last_log, 1e-9), 1),
-                "percentage": round(100 * step / total, 2), "elapsed_time": round(now - start, 1),
-            })
-            bar.write(f"step {step}/{total}  loss {sum(pending) / len(pending):.4f}  lr {lr:.2e}"
-                      f"  grad_norm {grad_norm:.4f}  {tokens / max(now - last_log, 1e-9):.0f} tokens/s")
-            pending, tokens, last_log = [], 0, now
-        if val_loader is not None and ((args.eval_steps and step % args.eval_steps == 0) or step == total):
-            eval_loss, stop = _validate(model, val_loader, accelerator, step, window[-1][0], total, outputs, health,
-                                        bar)
-        if stop:
+        bar.set_postfix(loss=f"{update.loss:.4f}")
+        if state.step % args.logging_steps == 0 or state.step == total:
+            _log_update(run, state, update, bar)
+        validate = (args.eval_steps and state.step % args.eval_steps == 0) or state.step == total
+        if run.val_loader is not None and validate and _validate(run, state, update.epoch, bar):
             break
-        if args.save_steps and step % args.save_steps == 0 and step != total:
-            save_checkpoint(outputs, Progress(step, losses, pending, eval_loss, outputs.train_tokens),
-                            accelerator.unwrap_model(model), optimizer, scheduler, health, args)
+        if args.save_steps and state.step % args.save_steps == 0 and state.step != total:
+            save_checkpoint(run.outputs, state, run.accelerator.unwrap_model(run.model), run.optimizer,
+                            run.scheduler, args)
     bar.close()
-    return _finish(outputs, health, args, step, losses, eval_loss, time.time() - start)
+    return _finish(run, state)
 
 
-def _finish(outputs, health: Health, args: TrainArgs, step: int, losses: list[float], eval_loss: float | None,
-            runtime: float) -> TrainResult:
+def _finish(run: _Run, state: RunState) -> TrainResult:
     """Write the final (or, with --load_best_model_at_end, the best) adapter and train_results.json."""
-    train_loss = sum(losses) / max(len(losses), 1)
-    result = {"global_step": step, "train_loss": round(train_loss, 4),
+    runtime, outputs = time.time() - state.start_time, run.outputs
+    train_loss = sum(state.losses) / max(len(state.losses), 1)
+    eval_loss = state.eval_loss
+    result = {"global_step": state.step, "train_loss": round(train_loss, 4),
               "train_runtime": round(runtime, 2), "eval_loss": None if eval_loss is None else round(eval_loss, 4),
-              **outputs.sizes, "train_tokens": outputs.train_tokens,
-              "train_tokens_per_second": round(outputs.train_tokens / max(outputs.update_seconds, 1e-9), 1)}
+              **outputs.sizes, "train_tokens": state.train_tokens,
+              "train_tokens_per_second": round(state.train_tokens / max(state.update_seconds, 1e-9), 1)}
     if torch.cuda.is_available():
         result["peak_gpu_memory_bytes"] = torch.cuda.max_memory_allocated()
-    if health.best_step:
-        result.update(best_step=health.best_step, best_eval_loss=round(health.best_loss, 4))
-    if args.load_best_model_at_end and health.best_state is not None:
+    if state.best_step:
+        result.update(best_step=state.best_step, best_eval_loss=round(state.best_loss, 4))
+    if run.args.load_best_model_at_end and state.best_state is not None:
         log.info("--load_best_model_at_end: writing the adapter of step %d (validation loss %.4f)",
-                 health.best_step, health.best_loss)
-        outputs.save_adapter(state=health.best_state)
-        eval_loss = health.best_loss
+                 state.best_step, state.best_loss)
+        outputs.save_adapter(state=state.best_state)
+        eval_loss = state.best_loss
     else:
         outputs.save_adapter()
-    outputs.finish(result)
-    return TrainResult(outputs.dir, step, train_loss, eval_loss, runtime, outputs.history)
+    outputs.finish(result, state.history)
+    return TrainResult(outputs.dir, state.step, train_loss, eval_loss, runtime, state.history)
+
+
+def _stopped(run: _Run, state: RunState, err: NonFiniteError) -> TrainingError:
+    """After a non-finite loss: keep the last good adapter and write train_results.json; the one-line error."""
+    outputs = run.outputs
+    if state.last_good is not None:
+        outputs.save_adapter(state=state.last_good)
+    outputs.finish({"global_step": err.step, "stopped": "non-finite loss or gradient",
+                    "last_good_updates": state.last_good_updates if state.last_good is not None else None},
+                   state.history)
+    return TrainingError(run.health.non_finite_message(state, err, str(outputs.dir)))

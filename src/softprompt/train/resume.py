@@ -3,7 +3,8 @@
 A ``checkpoint-N`` folder holds what the method saves (a PEFT adapter, or a model folder for
 full / freeze) plus the training state, with Hugging Face Trainer's file names:
 
-    trainer_state.json     step, per-step losses, validation bookkeeping, the arguments that fix the data order
+    trainer_state.json     the run state (step, per-step losses, validation bookkeeping), the arguments
+                           that fix the data order
     optimizer.pt           the optimizer's state dict
     scheduler.pt           the learning-rate scheduler's state dict
     rng_state.pth          the Python and torch (CPU, CUDA) random states
@@ -16,8 +17,8 @@ in one step, then older checkpoints beyond ``--save_total_limit`` are removed: a
 moment leaves the previous complete checkpoint, or the new one. Leftover temporary folders are
 removed when a run resumes.
 
-Resuming restores the trainable parameters, optimizer, scheduler, step and RNG state; the data
-order is restored by replaying the seeded loader's first ``step * gradient_accumulation_steps``
+Resuming restores the trainable parameters, optimizer, scheduler, run state and RNG state; the
+data order is restored by replaying the seeded loader's first ``step * gradient_accumulation_steps``
 micro-batches (collation only, no model work).
 """
 
@@ -25,11 +26,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import shutil
-import tempfile
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,8 @@ import torch
 
 from softprompt.checkpoint import CheckpointError
 from softprompt.config import ArgumentError, TrainArgs
+from softprompt.files import atomic_folder, atomic_write_text, one_line
+from softprompt.train.state import RunState
 
 log = logging.getLogger("softprompt")
 
@@ -48,24 +49,8 @@ TRAINABLE_NAME = "trainable_state.pt"
 STATE_FILES = (STATE_NAME, OPTIMIZER_NAME, SCHEDULER_NAME, RNG_NAME, TRAINABLE_NAME)
 DATA_ORDER_ARGS = ("seed", "per_device_train_batch_size", "gradient_accumulation_steps")
 """Arguments that fix which examples each step sees; a resumed run that changes them warns."""
-
-
-@dataclass
-class Progress:
-    """What the loop carries from step to step, beyond the model and the optimizer."""
-
-    step: int = 0
-    """Optimizer updates done."""
-    losses: list[float] = field(default_factory=list)
-    """The loss of every update so far (train_loss is their mean)."""
-    pending: list[float] = field(default_factory=list)
-    """Losses of the updates since the last log line (logged as their mean)."""
-    eval_loss: float | None = None
-    """The last validation loss."""
-    train_tokens: int = 0
-    """Real tokens trained on so far."""
-    resumed: _Resumed | None = None
-    """Set by :func:`restore`: the rest of the checkpoint, for :func:`continue_from`."""
+Rng = dict[str, Any]
+"""The Python and torch random states, as ``rng_state.pth`` holds them."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,49 +91,49 @@ def resume_folder(args: TrainArgs) -> Path | None:
 # saving
 
 
-def _rng_state() -> dict[str, Any]:
+def _rng_state() -> Rng:
     state = {"python": random.getstate(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def write_training_state(folder: Path, progress: Progress, model: torch.nn.Module, optimizer, scheduler, health,
-                         args: TrainArgs) -> None:
-    """The training-state files (see the module docstring) into ``folder``."""
-    state = {
-        "global_step": progress.step, "losses": progress.losses, "pending": progress.pending,
-        "eval_loss": progress.eval_loss, "train_tokens": progress.train_tokens,
-        "best_loss": health.best_loss if health.best_step else None, "best_step": health.best_step,
-        "evals_without_improvement": health.evals_without_improvement,
+def _state_json(state: RunState, args: TrainArgs) -> dict[str, Any]:
+    """``trainer_state.json``: the saved part of the run state (read back by :func:`_run_state`)."""
+    return {
+        "global_step": state.step, "losses": state.losses, "pending": state.pending,
+        "eval_loss": state.eval_loss, "train_tokens": state.train_tokens,
+        "best_loss": state.best_loss if state.best_step else None, "best_step": state.best_step,
+        "evals_without_improvement": state.evals_without_improvement,
         "args": {name: getattr(args, name) for name in DATA_ORDER_ARGS},
     }
+
+
+def write_training_state(folder: Path, state: RunState, model: torch.nn.Module, optimizer, scheduler,
+                         args: TrainArgs) -> None:
+    """The training-state files (see the module docstring) into ``folder``."""
     trainable = {name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
-    torch.save({"params": trainable, "best_state": health.best_state}, folder / TRAINABLE_NAME)
+    torch.save({"params": trainable, "best_state": state.best_state}, folder / TRAINABLE_NAME)
     torch.save(optimizer.state_dict(), folder / OPTIMIZER_NAME)
     torch.save(scheduler.state_dict(), folder / SCHEDULER_NAME)
     torch.save(_rng_state(), folder / RNG_NAME)
-    (folder / STATE_NAME).write_text(json.dumps(state, indent=1) + "\n")
+    (folder / STATE_NAME).write_text(json.dumps(_state_json(state, args), indent=1) + "\n")
 
 
-def save_checkpoint(outputs, progress: Progress, model: torch.nn.Module, optimizer, scheduler, health,
+def save_checkpoint(outputs, state: RunState, model: torch.nn.Module, optimizer, scheduler,
                     args: TrainArgs) -> Path | None:
     """Write ``checkpoint-{step}`` atomically: the method's own files (``outputs.save_adapter``) and the
     training state go into a temporary folder that is then renamed; older checkpoints beyond
     --save_total_limit are removed after that. Only the main process writes."""
     if not outputs.main:
         return None
-    final = outputs.dir / f"checkpoint-{progress.step}"
-    tmp = Path(tempfile.mkdtemp(dir=outputs.dir, prefix=f".{final.name}."))
-    try:
-        staged = tmp / final.name
+    final = outputs.dir / f"checkpoint-{state.step}"
+
+    def write(staged: Path) -> None:
         outputs.save_adapter(staged)  # the adapter or model folder, as the method writes it
-        write_training_state(staged, progress, model, optimizer, scheduler, health, args)
-        if final.exists():  # re-saving a step after resuming from an older checkpoint
-            final.rename(tmp / "replaced")
-        os.replace(staged, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        write_training_state(staged, state, model, optimizer, scheduler, args)
+
+    atomic_folder(final, write, existing="replace")  # "replace": re-saving a step after resuming from an older one
     rotate(outputs.dir, args.save_total_limit)
     return final
 
@@ -168,8 +153,7 @@ def _load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and runtime errors for a damaged file
-        text = " ".join(str(exc).split())[:160]
-        raise CheckpointError(f"{path}: unreadable ({text})") from None
+        raise CheckpointError(f"{path}: unreadable ({one_line(exc)})") from None
 
 
 def _read_state(folder: Path) -> dict[str, Any]:
@@ -177,7 +161,7 @@ def _read_state(folder: Path) -> dict[str, Any]:
     try:
         state = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({' '.join(str(exc).split())[:120]})") from None
+        raise CheckpointError(f"{path}: not valid JSON ({one_line(exc, 120)})") from None
     if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
         raise CheckpointError(f"{path}: expected an object with an integer 'global_step'")
     return state
@@ -203,57 +187,50 @@ def _restore_params(folder: Path, model: torch.nn.Module) -> Any:
     return saved.get("best_state")
 
 
-def restore(folder: Path, model: torch.nn.Module, optimizer, scheduler, args: TrainArgs, main: bool) -> Progress:
-    """Load a checkpoint's parameters, optimizer and scheduler into this run (``model`` unwrapped);
-    on the main process, keep output_dir's log up to the checkpoint's step and remove temporary
-    folders a kill left. Call before output_dir's log is opened; then :func:`continue_from`."""
-    state = _read_state(folder)
+def restore(folder: Path, model: torch.nn.Module, optimizer, scheduler, args: TrainArgs,
+            main: bool) -> tuple[RunState, Rng]:
+    """Load a checkpoint's parameters, optimizer and scheduler into this run (``model`` unwrapped) and
+    return its run state, with the random state to put back once the loop starts (:func:`continue_from`).
+    On the main process, keep output_dir's log up to the checkpoint's step (the state's history) and
+    remove temporary folders a kill left. Call before output_dir's log is opened."""
+    saved = _read_state(folder)
     best_state = _restore_params(folder, model)
     try:
         optimizer.load_state_dict(_load(folder / OPTIMIZER_NAME))
         scheduler.load_state_dict(_load(folder / SCHEDULER_NAME))
     except (ValueError, KeyError, RuntimeError) as exc:
         raise CheckpointError(f"{folder}: optimizer or scheduler state does not fit this run ({exc})") from None
-    step = state["global_step"]
-    for name, value in state.get("args", {}).items():
+    step = saved["global_step"]
+    for name, value in saved.get("args", {}).items():
         if getattr(args, name, value) != value:
             log.warning("--%s was %s when checkpoint-%d was written and is %s now: the data order differs from "
                         "the interrupted run's", name, value, step, getattr(args, name))
-    history = []
+    state = _run_state(saved, best_state)
     if main:
         _clean_temporaries(Path(args.output_dir))
-        history = _trim_log(Path(args.output_dir) / "trainer_log.jsonl", step)
+        state.history = _trim_log(Path(args.output_dir) / "trainer_log.jsonl", step)
     log.info("resuming from %s at step %d", folder, step)
-    return Progress(step, [float(x) for x in state.get("losses", [])], [float(x) for x in state.get("pending", [])],
-                    state.get("eval_loss"), int(state.get("train_tokens") or 0),
-                    _Resumed(_load(folder / RNG_NAME), history, best_state, state))
+    return state, _load(folder / RNG_NAME)
 
 
-@dataclass
-class _Resumed:
-    """What :func:`continue_from` puts back once the loop has started."""
+def _run_state(saved: dict[str, Any], best_state: Any) -> RunState:
+    """The run state ``trainer_state.json`` holds (written by :func:`_state_json`), with the best adapter
+    state that ``trainable_state.pt`` holds."""
+    best_loss = saved.get("best_loss")
+    return RunState(
+        step=saved["global_step"], losses=[float(x) for x in saved.get("losses", [])],
+        pending=[float(x) for x in saved.get("pending", [])], eval_loss=saved.get("eval_loss"),
+        train_tokens=int(saved.get("train_tokens") or 0), best_step=int(saved.get("best_step") or 0),
+        best_loss=float(best_loss) if best_loss is not None else float("inf"),
+        evals_without_improvement=int(saved.get("evals_without_improvement") or 0), best_state=best_state,
+    )
 
-    rng: dict[str, Any]
-    history: list[dict]
-    best_state: Any
-    state: dict[str, Any]
 
-
-def continue_from(progress: Progress, stream, outputs, health, args: TrainArgs) -> None:
-    """Put a resumed run's loop where the checkpoint left it: the log history, the validation
-    bookkeeping, the data stream (skip the micro-batches the interrupted run consumed; the same
-    seeded order) and, last, the random state."""
-    resumed = progress.resumed
-    outputs.history = list(resumed.history) + outputs.history
-    outputs.train_tokens = progress.train_tokens
-    health.best_step = int(resumed.state.get("best_step") or 0)
-    best_loss = resumed.state.get("best_loss")
-    health.best_loss = float(best_loss) if best_loss is not None else float("inf")
-    health.evals_without_improvement = int(resumed.state.get("evals_without_improvement") or 0)
-    health.best_state = resumed.best_state
-    for _ in range(progress.step * args.gradient_accumulation_steps):
+def continue_from(stream: Iterator, skip: int, rng: Rng) -> None:
+    """Put a resumed run's data stream where the checkpoint left it (skip the ``skip`` micro-batches
+    the interrupted run consumed; the same seeded order) and, last, the random state."""
+    for _ in range(skip):
         next(stream)
-    rng = resumed.rng
     random.setstate(tuple(rng["python"]) if isinstance(rng["python"], list) else rng["python"])
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
@@ -278,7 +255,5 @@ def _trim_log(path: Path, step: int) -> list[dict]:
                 continue  # a line cut by the kill
             if isinstance(row, dict) and int(row.get("current_steps", 0)) <= step:
                 rows.append(row)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
     return rows
