@@ -182,10 +182,10 @@ def cmd_sweep(argv: list[str]) -> int:
 
 def _check_prompt_adapter(path: str) -> None:
     """inspect reads soft prompts; say so for the other methods' outputs."""
-    from softprompt.checkpoint import is_model_folder
     from softprompt.methods import REGISTRY, describe, read_adapter
+    from softprompt.methods.adapter import MODEL_FOLDER
 
-    if is_model_folder(path) or not read_adapter(path).spec.served:
+    if describe(path) == MODEL_FOLDER or not read_adapter(path).spec.served:
         served = ", ".join(s.name for s in REGISTRY.values() if s.served)
         raise ArgumentError(f"{path} is {describe(path)}; inspect looks inside prompt adapters ({served})")
 

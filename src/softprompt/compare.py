@@ -78,7 +78,7 @@ def _train_command(plan: ComparePlan, method: str, out: Path) -> list[str]:
     argv = list(plan.train_argv)
     if plan.train_config is not None:  # the YAML config, minus compare's keys
         path = Path(plan.train.output_dir) / "logs" / "train_config.yaml"
-        path.write_text(yaml.safe_dump(plan.train_config, sort_keys=False))
+        atomic_write_text(path, yaml.safe_dump(plan.train_config, sort_keys=False))
         argv.insert(0, str(path))
     lr = plan.compare.learning_rates().get(method)
     extra = ["--learning_rate", repr(lr)] if lr is not None else []

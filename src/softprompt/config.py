@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from softprompt.defaults import MAX_NEW_TOKENS
+from softprompt.files import one_line
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_NUM_VIRTUAL_TOKENS = 20
@@ -315,7 +316,7 @@ def read_deepspeed_config(path: str) -> dict[str, Any]:
     except FileNotFoundError:
         raise ArgumentError(f"--deepspeed {path}: file not found (give a DeepSpeed JSON config)") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ArgumentError(f"--deepspeed {path}: not a JSON file ({' '.join(str(exc).split())[:120]})") from None
+        raise ArgumentError(f"--deepspeed {path}: not a JSON file ({one_line(exc, 120)})") from None
     zero = config.get("zero_optimization") if isinstance(config, dict) else None
     stage = zero.get("stage") if isinstance(zero, dict) else None
     if stage != 3:
