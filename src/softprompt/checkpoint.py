@@ -48,11 +48,17 @@ MAX_CONFIG_DEPTH = 32
 """...and nest its objects and lists at most this deep (PEFT's nest 3 deep)."""
 
 
+def shown_path(path: str | Path) -> str:
+    """``path`` as messages show it: on one line, at most 300 characters, escaped (``repr``) when it holds a
+    character that cannot be printed (a NUL, a newline, a lone surrogate)."""
+    text = str(path)
+    return one_line(text if text.isprintable() else repr(text), 300)
+
+
 def adapter_folder(path: str | Path) -> Path:
     """``path`` as an existing folder; a one-line CheckpointError for a path that cannot name one (a NUL
     character, a name too long for the file system, a file, a missing or unreadable folder)."""
-    shown = str(path) if str(path).isprintable() else repr(str(path))  # a NUL, a newline: escaped
-    shown = one_line(shown, 300)
+    shown = shown_path(path)
     try:
         mode = os.stat(path).st_mode
     except (FileNotFoundError, NotADirectoryError):

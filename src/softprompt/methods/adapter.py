@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from softprompt.checkpoint import CheckpointError, is_model_folder, load_adapter, write_adapter_files
+from softprompt.checkpoint import CheckpointError, is_model_folder, load_adapter, shown_path, write_adapter_files
 from softprompt.files import one_line
 from softprompt.methods.spec import (
     OPTIONAL_COUNT, ConfigField, MethodSpec, by_peft_type, of, peft_types,
@@ -61,7 +61,7 @@ def read_adapter(path: str | Path) -> AdapterFolder:
     """Read a PEFT adapter folder, find its method and validate it completely, once, before any use: one-line
     CheckpointErrors for a path that cannot name a folder, a missing or damaged folder, a model folder, a
     ``peft_type`` / ``task_type`` softprompt does not run, and what :func:`check_adapter` refuses."""
-    where = one_line(str(path), 300)
+    where = shown_path(path)
     if is_model_folder(path):
         raise CheckpointError(f"{where} is {MODEL_FOLDER}, not an adapter")
     config, state, metadata = load_adapter(path)
