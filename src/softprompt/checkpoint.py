@@ -99,19 +99,25 @@ def read_adapter_config(folder: str | Path) -> dict[str, Any]:
     folder = adapter_folder(folder)
     path = folder / CONFIG_NAME
     if not path.is_file():
-        raise CheckpointError(f"{folder}: no {CONFIG_NAME} (not a PEFT adapter folder)")
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise CheckpointError(f"{path}: {path.stat().st_size} bytes, over the {MAX_CONFIG_BYTES}-byte limit")
+        raise CheckpointError(f"{shown_path(folder)}: no {CONFIG_NAME} (not a PEFT adapter folder)")
+    where = shown_path(path)
     try:
-        config = json.loads(path.read_bytes(), parse_constant=_refuse_constant, parse_float=_finite)
+        with open(path, "rb") as f:
+            text = f.read(MAX_CONFIG_BYTES + 1)  # never more, whatever the file says its size is
+    except OSError as exc:
+        raise CheckpointError(f"{where}: unreadable ({one_line(exc.strerror or exc)})") from None
+    if len(text) > MAX_CONFIG_BYTES:
+        raise CheckpointError(f"{where}: over the {MAX_CONFIG_BYTES}-byte limit")
+    try:
+        config = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite)
     except RecursionError:
-        raise CheckpointError(f"{path}: not valid JSON (nested deeper than {MAX_CONFIG_DEPTH})") from None
+        raise CheckpointError(f"{where}: not valid JSON (nested deeper than {MAX_CONFIG_DEPTH})") from None
     except ValueError as exc:  # a syntax error, bad UTF-8, NaN, a number of over 4300 digits
-        raise CheckpointError(f"{path}: not valid JSON ({one_line(exc)})") from None
+        raise CheckpointError(f"{where}: not valid JSON ({one_line(exc)})") from None
     if not isinstance(config, dict) or "peft_type" not in config:
-        raise CheckpointError(f"{path}: expected a JSON object with a 'peft_type'")
+        raise CheckpointError(f"{where}: expected a JSON object with a 'peft_type'")
     if _depth(config) > MAX_CONFIG_DEPTH:
-        raise CheckpointError(f"{path}: nested deeper than {MAX_CONFIG_DEPTH}")
+        raise CheckpointError(f"{where}: nested deeper than {MAX_CONFIG_DEPTH}")
     return config
 
 

@@ -4,6 +4,8 @@ Every problem is one CheckpointError line, which the CLI turns into one line on 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -69,3 +71,12 @@ def test_good_folders_still_load(tmp_path):
     config = {k: v for k, v in PROMPT.items() if k not in ("num_virtual_tokens", "token_dim")}
     write_adapter_files(tmp_path / "lean", {"prompt_embeddings": torch.randn(3, 64)}, config)
     assert read_adapter(tmp_path / "lean").state["prompt_embeddings"].shape == (3, 64)
+
+
+@pytest.mark.skipif(not Path("/proc/self/mem").exists(), reason="needs Linux's /proc")
+def test_a_config_that_cannot_be_read(tmp_path):
+    folder = write_good(tmp_path / "mem")
+    (folder / "adapter_config.json").unlink()
+    (folder / "adapter_config.json").symlink_to("/proc/self/mem")  # a regular file that fails to read
+    with pytest.raises(CheckpointError, match="adapter_config.json: unreadable"):
+        read_adapter(folder)
