@@ -8,6 +8,9 @@ half-written adapter behind.
 from __future__ import annotations
 
 import json
+import math
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -39,19 +42,82 @@ def write_adapter_files(
     atomic_write_text(folder / CONFIG_NAME, text)
 
 
-def read_adapter_config(folder: str | Path) -> dict[str, Any]:
-    folder = Path(folder)
-    path = folder / CONFIG_NAME
-    if not folder.is_dir():
-        raise CheckpointError(f"adapter folder not found: {folder}")
-    if not path.is_file():
-        raise CheckpointError(f"{folder}: no {CONFIG_NAME} (not a PEFT adapter folder)")
+MAX_CONFIG_BYTES = 1 << 20
+"""adapter_config.json may be at most this big (PEFT writes about 1 KB)."""
+MAX_CONFIG_DEPTH = 32
+"""...and nest its objects and lists at most this deep (PEFT's nest 3 deep)."""
+
+
+def shown_path(path: str | Path) -> str:
+    """``path`` as messages show it: on one line, at most 300 characters, escaped (``repr``) when it holds a
+    character that cannot be printed (a NUL, a newline, a lone surrogate)."""
+    text = str(path)
+    return one_line(text if text.isprintable() else repr(text), 300)
+
+
+def adapter_folder(path: str | Path) -> Path:
+    """``path`` as an existing folder; a one-line CheckpointError for a path that cannot name one (a NUL
+    character, a name too long for the file system, a file, a missing or unreadable folder)."""
+    shown = shown_path(path)
     try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({one_line(exc)})") from None
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise CheckpointError(f"adapter folder not found: {shown}") from None
+    except (OSError, ValueError) as exc:  # ENAMETOOLONG, EACCES, ELOOP; NUL or an unencodable name
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise CheckpointError(f"{shown}: not a usable adapter folder path ({one_line(why)})") from None
+    if not stat.S_ISDIR(mode):
+        raise CheckpointError(f"{shown} is a file, not an adapter folder")
+    return Path(path)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]} is out of range")
+    return value
+
+
+def _depth(value: Any) -> int:
+    """How deep ``value``'s lists and objects nest (0 for a scalar), without recursion."""
+    deepest, todo = 0, [(value, 0)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth + 1)
+            todo.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def read_adapter_config(folder: str | Path) -> dict[str, Any]:
+    """adapter_config.json of ``folder``: a JSON object with a ``peft_type``, within the size and nesting
+    limits, with no NaN or Infinity. One-line CheckpointErrors."""
+    folder = adapter_folder(folder)
+    path = folder / CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{shown_path(folder)}: no {CONFIG_NAME} (not a PEFT adapter folder)")
+    where = shown_path(path)
+    try:
+        with open(path, "rb") as f:
+            text = f.read(MAX_CONFIG_BYTES + 1)  # never more, whatever the file says its size is
+    except OSError as exc:
+        raise CheckpointError(f"{where}: unreadable ({one_line(exc.strerror or exc)})") from None
+    if len(text) > MAX_CONFIG_BYTES:
+        raise CheckpointError(f"{where}: over the {MAX_CONFIG_BYTES}-byte limit")
+    try:
+        config = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite)
+    except RecursionError:
+        raise CheckpointError(f"{where}: not valid JSON (nested deeper than {MAX_CONFIG_DEPTH})") from None
+    except ValueError as exc:  # a syntax error, bad UTF-8, NaN, a number of over 4300 digits
+        raise CheckpointError(f"{where}: not valid JSON ({one_line(exc)})") from None
     if not isinstance(config, dict) or "peft_type" not in config:
-        raise CheckpointError(f"{path}: expected a JSON object with a 'peft_type'")
+        raise CheckpointError(f"{where}: expected a JSON object with a 'peft_type'")
+    if _depth(config) > MAX_CONFIG_DEPTH:
+        raise CheckpointError(f"{where}: nested deeper than {MAX_CONFIG_DEPTH}")
     return config
 
 
@@ -86,4 +152,7 @@ def load_adapter(folder: str | Path) -> tuple[dict[str, Any], dict[str, torch.Te
 def is_model_folder(path: str | Path) -> bool:
     """A transformers model folder (what full / freeze training writes), not a PEFT adapter."""
     path = Path(path)
-    return path.is_dir() and (path / "config.json").is_file() and not (path / CONFIG_NAME).is_file()
+    try:
+        return path.is_dir() and (path / "config.json").is_file() and not (path / CONFIG_NAME).is_file()
+    except (OSError, ValueError):  # a name too long or unreadable: not a model folder (read_adapter says why)
+        return False

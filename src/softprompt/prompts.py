@@ -24,6 +24,7 @@ from transformers import PreTrainedModel
 from softprompt.checkpoint import CONFIG_NAME, CheckpointError
 from softprompt.defaults import BASE, BASE_ALIASES, is_base
 from softprompt.engine.forward import prefix_of
+from softprompt.files import one_line
 from softprompt.kv import PrefixKV
 from softprompt.methods import REGISTRY, read_adapter
 
@@ -44,11 +45,35 @@ class _Entry:
 
 
 def _signature(folder: Path) -> tuple:
-    """(name, size, mtime_ns) of the folder's files: changes when any file is rewritten."""
+    """(name, size, mtime_ns) of the folder's files: changes when any file is rewritten (empty for a path that
+    names no readable folder: reading it then says why)."""
     try:
         return tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file()))
-    except FileNotFoundError:
+    except (OSError, ValueError):
         return ()
+
+
+def _has_config(folder: Path) -> bool:
+    """Whether ``folder`` holds an adapter_config.json (False when it cannot be looked at)."""
+    try:
+        return (folder / CONFIG_NAME).is_file()
+    except (OSError, ValueError):
+        return False
+
+
+MAX_NAME_BYTES = 255
+"""The longest file name (in bytes) a file system takes: no task name can be longer."""
+
+
+def is_task_name(name: str) -> bool:
+    """Whether ``name`` can name a task folder: one path component of UTF-8 text (so that an answer can echo
+    it), no NUL, at most 255 bytes."""
+    if name in ("", ".", "..") or "/" in name or "\0" in name:
+        return False
+    try:
+        return len(name.encode("utf-8")) <= MAX_NAME_BYTES
+    except UnicodeEncodeError:  # a lone surrogate: a JSON "\ud800", or a file name that is not UTF-8
+        return False
 
 
 class PromptRegistry:
@@ -70,22 +95,24 @@ class PromptRegistry:
             return None
         if name in self._registered:
             return self._registered[name]
-        if self.prompts_dir is not None and "/" not in name and name not in ("", ".", ".."):
-            folder = self.prompts_dir / name
-            if (folder / CONFIG_NAME).is_file():
-                return folder
+        if self.prompts_dir is not None and is_task_name(name) and _has_config(self.prompts_dir / name):
+            return self.prompts_dir / name
         raise UnknownTaskError(name)
 
     def names(self) -> list[str]:
         found = set(self._registered)
-        if self.prompts_dir is not None and self.prompts_dir.is_dir():
-            found |= {p.name for p in self.prompts_dir.iterdir() if (p / CONFIG_NAME).is_file()}
+        if self.prompts_dir is not None:
+            try:
+                found |= {p.name for p in self.prompts_dir.iterdir() if is_task_name(p.name) and _has_config(p)}
+            except OSError:  # the folder went away or cannot be read: the registered tasks only
+                pass
         return [BASE] + sorted(found - set(BASE_ALIASES))
 
     def register(self, name: str, folder: str | Path) -> None:
-        """Serve ``folder`` as task ``name``; it is loaded now so a bad adapter fails here."""
-        if not name or "/" in name or is_base(name):
-            raise TaskUnavailableError(f"invalid task name {name!r}")
+        """Serve ``folder`` as task ``name``; it is loaded now so a bad adapter (or a path that cannot name
+        one) fails here, with a TaskUnavailableError."""
+        if not is_task_name(name) or is_base(name):
+            raise TaskUnavailableError(f"invalid task name {one_line(repr(name), 100)}")
         with self._lock:
             previous = self._registered.get(name)
             self._registered[name] = Path(folder)

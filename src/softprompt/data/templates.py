@@ -12,6 +12,14 @@ one, otherwise the template cannot be split into turns and a DataError says so. 
 are tokenized separately with ``add_special_tokens=False`` (as LLaMA-Factory does), and
 :func:`encode_prompt` uses the same segments, so the prompt ids seen in training and at
 inference are identical.
+
+Rendering every prefix whole costs time growing with the square of the turns (10,000 short
+messages: 10 minutes). So each "prefix" is rendered as a window: the system message plus the
+turn pair before the turn (:data:`CONTEXT_PAIRS`), which gives the same pieces for any template
+whose turns do not depend on turns further back; the pieces must then add up to the whole
+conversation rendered at once, else (a template that numbers its turns, say) the prefixes are
+rendered whole after all (that template keeps the quadratic cost; the server bounds it by its
+message limit).
 """
 
 from __future__ import annotations
@@ -124,7 +132,7 @@ def _render(tokenizer: Any, tpl: ChatTemplate, chat: list[dict], tools: list[dic
         text = tokenizer.apply_chat_template(
             chat, chat_template=tpl.source, tokenize=False, add_generation_prompt=generation_prompt, **kwargs
         )
-    except (TemplateError, ValueError, TypeError) as exc:
+    except (TemplateError, ValueError, TypeError, RecursionError) as exc:
         raise DataError(f"{origin or 'conversation'}: chat template {tpl.name!r} failed ({one_line(exc)})") from None
     return text
 
@@ -151,24 +159,60 @@ def conversation_segments(
     """The rendered text split into alternating (prompt, False) and (answer, True) segments.
 
     With ``add_generation_prompt`` a final prompt segment holds the text up to where the
-    model starts its answer.
+    model starts its answer. Cost is linear in the number of turns: each turn is rendered in a
+    window holding the system text and the turn pair before it (:data:`CONTEXT_PAIRS`), and the
+    pieces must add up to the whole conversation rendered at once; a template for which they do not
+    (one that numbers its turns, say) is rendered prefix by prefix instead, as the module docstring
+    says, which gives the same segments at a cost that grows with the square of the turns.
     """
     tpl = resolve_template(tokenizer, template)
     chat, tool_list = _chat(messages, system, tools, tpl)
-    offset = len(chat) - len(messages)
+    render = _Windows(tokenizer, tpl, chat, len(chat) - len(messages), tool_list, origin)
+    try:
+        segments = _segments(render, len(messages), add_generation_prompt, CONTEXT_PAIRS)
+        if render.windowed and "".join(t for t, _ in segments) != render(0, len(messages), add_generation_prompt):
+            segments = None
+    except DataError:
+        segments = None
+    return segments if segments is not None else _segments(render, len(messages), add_generation_prompt, None)
+
+
+CONTEXT_PAIRS = 1
+"""Turn pairs rendered before a turn, as its context, when a conversation is rendered piece by piece."""
+
+
+class _Windows:
+    """Renders the head (system message) plus ``messages[start:stop]`` of one conversation."""
+
+    def __init__(self, tokenizer: Any, tpl: ChatTemplate, chat: list[dict], n_head: int,
+                 tools: list[dict] | None, origin: str):
+        self.tokenizer, self.tpl, self.chat, self.n_head, self.tools = tokenizer, tpl, chat, n_head, tools
+        self.origin = origin
+        self.windowed = False
+        """Whether a window started after the first message (then the pieces need checking)."""
+
+    def __call__(self, start: int, stop: int, generation_prompt: bool) -> str:
+        self.windowed |= start > 0
+        window = self.chat[: self.n_head] + self.chat[self.n_head + start: self.n_head + stop]
+        return _render(self.tokenizer, self.tpl, window, self.tools, generation_prompt, self.origin)
+
+
+def _segments(render: _Windows, n: int, add_generation_prompt: bool, context: int | None) -> list[Segment]:
+    """Segments of messages ``0..n-1``: each answer turn ``i`` (1, 3, ...) is rendered after the turns from
+    ``start`` on (``context`` turn pairs before its prompt, or all of them when ``context`` is None)."""
     segments: list[Segment] = []
-    done = ""
-    for i, msg in enumerate(messages):
-        if msg["role"] not in ANSWER_ROLES:
-            continue
-        prompt = _render(tokenizer, tpl, chat[: offset + i], tool_list, True, origin)
-        full = _render(tokenizer, tpl, chat[: offset + i + 1], tool_list, False, origin)
-        segments.append((_extend(done, prompt, tpl, i, origin), False))
-        segments.append((_extend(prompt, full, tpl, i + 1, origin), True))
-        done = full
-    if add_generation_prompt:
-        prompt = _render(tokenizer, tpl, chat, tool_list, True, origin)
-        segments.append((_extend(done, prompt, tpl, len(messages), origin), False))
+    done: tuple[tuple[int, int], str] = ((0, 0), "")  # the last rendering that ends after an answer
+    ends = list(range(1, n, 2)) + ([n] if add_generation_prompt else [])
+    for i in ends:  # i: an answer turn, or n for the generation prompt
+        after = i - 1 if i % 2 else i  # the turns before this prompt segment: 0..after-1
+        start = 0 if context is None else max(0, after - 2 * context)
+        before = done[1] if done[0] == (start, after) else render(start, after, False)
+        prompt = render(start, i, True)
+        segments.append((_extend(before, prompt, render.tpl, i, render.origin), False))
+        if i < n:
+            full = render(start, i + 1, False)
+            segments.append((_extend(prompt, full, render.tpl, i + 1, render.origin), True))
+            done = ((start, i + 1), full)
     return segments
 
 

@@ -19,8 +19,11 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from softprompt.checkpoint import CheckpointError, is_model_folder, load_adapter, write_adapter_files
-from softprompt.methods.spec import MethodSpec, by_peft_type, of, peft_types
+from softprompt.checkpoint import CheckpointError, is_model_folder, load_adapter, shown_path, write_adapter_files
+from softprompt.files import one_line
+from softprompt.methods.spec import (
+    OPTIONAL_COUNT, ConfigField, MethodSpec, by_peft_type, of, peft_types,
+)
 
 log = logging.getLogger("softprompt")
 MODEL_FOLDER = "a model folder (full / freeze fine-tuning)"
@@ -55,20 +58,49 @@ class AdapterFolder:
 
 
 def read_adapter(path: str | Path) -> AdapterFolder:
-    """Read a PEFT adapter folder and find its method; one-line CheckpointErrors for a missing or damaged
-    folder, a model folder, or a ``peft_type`` / ``task_type`` softprompt does not run."""
-    where = str(path)
+    """Read a PEFT adapter folder, find its method and validate it completely, once, before any use: one-line
+    CheckpointErrors for a path that cannot name a folder, a missing or damaged folder, a model folder, a
+    ``peft_type`` / ``task_type`` softprompt does not run, and what :func:`check_adapter` refuses."""
+    where = shown_path(path)
     if is_model_folder(path):
         raise CheckpointError(f"{where} is {MODEL_FOLDER}, not an adapter")
     config, state, metadata = load_adapter(path)
-    peft_type = str(config.get("peft_type", ""))
-    spec = by_peft_type(peft_type)
+    peft_type = config.get("peft_type")
+    spec = by_peft_type(peft_type) if isinstance(peft_type, str) else None
     if spec is None:
-        raise CheckpointError(
-            f"{where}: peft_type {peft_type!r} is not supported yet (supported: {', '.join(peft_types())})")
+        raise CheckpointError(f"{where}: peft_type {one_line(repr(peft_type), 80)} is not supported yet "
+                              f"(supported: {', '.join(peft_types())})")
     if config.get("task_type") not in (None, "CAUSAL_LM"):
-        raise CheckpointError(f"{where}: task_type {config.get('task_type')!r}; softprompt serves CAUSAL_LM adapters")
-    return AdapterFolder(where, config, state, metadata, spec)
+        raise CheckpointError(f"{where}: task_type {one_line(repr(config.get('task_type')), 80)}; softprompt "
+                              "serves CAUSAL_LM adapters")
+    check_adapter(config, state, spec, where)
+    return AdapterFolder(str(path), config, state, metadata, spec)
+
+
+COMMON_FIELDS = {
+    "base_model_name_or_path": ConfigField((str, type(None))),
+    "token_dim": OPTIONAL_COUNT,  # compared with the base's hidden size (check_compatible)
+}
+"""adapter_config.json fields read for every method (besides ``peft_type`` and ``task_type``)."""
+
+
+def check_adapter(config: dict[str, Any], state: dict[str, torch.Tensor], spec: MethodSpec, where: str) -> None:
+    """Refuse (CheckpointError naming the field or tensor) a config field of the wrong type or out of range
+    (:data:`COMMON_FIELDS` and the method's ``config_fields``), a tensor holding NaN or infinity, and tensors
+    whose names or shapes disagree with the config (the method's ``check_state``)."""
+    for key, rule in {**COMMON_FIELDS, **spec.config_fields}.items():
+        if key not in config:
+            if rule.required:
+                raise CheckpointError(f"{where}: adapter_config.json has no '{key}', which {spec.name} needs")
+            continue
+        problem = rule.problem(config[key])
+        if problem:
+            raise CheckpointError(f"{where}: adapter_config.json '{key}' {problem}")
+    for name, tensor in state.items():
+        if (tensor.is_floating_point() or tensor.is_complex()) and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{where}: tensor {one_line(name, 120)!r} holds NaN or infinite values")
+    if spec.check_state is not None:
+        spec.check_state(config, state, where)
 
 
 def base_metadata(base: PreTrainedModel) -> dict[str, str]:

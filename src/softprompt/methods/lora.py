@@ -22,7 +22,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from softprompt.checkpoint import CheckpointError
 from softprompt.config import ArgumentError, MethodArgs
-from softprompt.methods.spec import MethodSpec, register
+from softprompt.files import one_line
+from softprompt.methods.spec import OPTIONAL_COUNT, ConfigField, MethodSpec, register
 
 PEFT_TYPE = "LORA"
 
@@ -74,7 +75,11 @@ class Lora(nn.Module):
             peft_model = get_peft_model(base, lora_config)
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{where}: adapter_config.json does not fit this base model ({exc})") from None
-        result = set_peft_model_state_dict(peft_model, state)
+        try:
+            result = set_peft_model_state_dict(peft_model, state)
+        except RuntimeError as exc:  # a tensor of another shape than the layer it belongs to
+            raise CheckpointError(f"{where}: adapter_model.safetensors does not fit its config and this base "
+                                  f"model ({one_line(exc)})") from None
         lora_keys = [k for k in result.missing_keys if "lora_" in k]
         if lora_keys or result.unexpected_keys:
             bad = (lora_keys or result.unexpected_keys)[0]
@@ -111,8 +116,33 @@ def create(base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, args: Meth
     return Lora(peft_model)
 
 
+_OPTIONAL_NAMES = ConfigField((str, list, type(None)))
+CONFIG_FIELDS = {
+    "r": OPTIONAL_COUNT, "lora_alpha": ConfigField((float, type(None)), 0.0),
+    "lora_dropout": ConfigField((float, type(None)), 0.0, 1.0), "use_rslora": ConfigField((bool, type(None))),
+    "use_dora": ConfigField((bool, type(None))), "target_modules": _OPTIONAL_NAMES, "modules_to_save": _OPTIONAL_NAMES,
+    "rank_pattern": ConfigField((dict, type(None))), "alpha_pattern": ConfigField((dict, type(None))),
+}
+"""The adapter_config.json fields that size and scale the LoRA layers (peft's LoraConfig checks the rest)."""
+
+
+def check_saved(config: dict[str, Any], state: dict[str, torch.Tensor], where: str) -> None:
+    """Every ``lora_A`` tensor is (r, in) and every ``lora_B`` (out, r), for the config's ``r``, checked before
+    peft allocates the layers (per-module ranks, ``rank_pattern``, are checked by peft as it loads them)."""
+    if config.get("rank_pattern"):
+        return
+    r = config.get("r") or LoraConfig.r
+    for key, tensor in state.items():
+        dim = 0 if "lora_A" in key or "lora_embedding_A" in key else None
+        dim = 1 if "lora_B" in key or "lora_embedding_B" in key else dim
+        if dim is not None and (tensor.ndim < 2 or tensor.shape[dim] != r):
+            raise CheckpointError(f"{where}: tensor {key!r} has shape {tuple(tensor.shape)}, which does not fit "
+                                  f"adapter_config.json's r = {r}")
+
+
 SPEC = register(MethodSpec(
     name="lora", kind="weights", build=create, peft_type=PEFT_TYPE, from_checkpoint=Lora.from_checkpoint,
     arguments=("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "additional_target", "use_rslora", "use_dora"),
+    config_fields=CONFIG_FIELDS, check_state=check_saved,
 ))
 Lora.method = SPEC  # a module made by the class itself knows its method too

@@ -21,8 +21,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from softprompt.checkpoint import CheckpointError
 from softprompt.config import DEFAULT_NUM_VIRTUAL_TOKENS, MethodArgs
-from softprompt.methods.prompt_tuning import peft_prompt_config, saved_prompt
-from softprompt.methods.spec import MethodSpec, register
+from softprompt.methods.prompt_tuning import PROMPT_FIELDS, peft_prompt_config, saved_prompt
+from softprompt.methods.spec import OPTIONAL_COUNT, ConfigField, MethodSpec, register
 
 PEFT_TYPE = "P_TUNING"
 STATE_KEY = "prompt_embeddings"
@@ -99,17 +99,33 @@ class PTuning(nn.Module):
     @classmethod
     def from_checkpoint(cls, config: dict[str, Any], state: dict[str, torch.Tensor], where: str, **_: Any) -> PTuning:
         """The saved encoded prompt, as an encoder-less (inference-mode) module."""
-        weight = saved_prompt(config, state, where)
+        weight = saved_encoded_prompt(config, state, where)
         n = weight.shape[0]
         encoder_type = str(config.get("encoder_reparameterization_type") or "MLP").upper()
-        if encoder_type not in ENCODER_TYPES:
-            raise CheckpointError(f"{where}: encoder_reparameterization_type {encoder_type!r} is not MLP or LSTM")
         module = cls(n, weight.shape[1], encoder_type, config.get("encoder_hidden_size"),
                      int(config.get("encoder_num_layers") or 2), float(config.get("encoder_dropout") or 0.0),
                      inference_mode=True)
         with torch.no_grad():
             module.embedding.weight.copy_(weight)
         return module
+
+
+CONFIG_FIELDS = {
+    **PROMPT_FIELDS,
+    "encoder_reparameterization_type": ConfigField((str, type(None))),
+    "encoder_hidden_size": OPTIONAL_COUNT,
+    "encoder_num_layers": OPTIONAL_COUNT,
+    "encoder_dropout": ConfigField((float, type(None)), 0.0, 1.0),
+}
+"""The adapter_config.json fields :meth:`PTuning.from_checkpoint` reads."""
+
+
+def saved_encoded_prompt(config: dict[str, Any], state: dict[str, torch.Tensor], where: str) -> torch.Tensor:
+    """The saved encoded prompt (L, d), checked against the config, whose encoder type must be MLP or LSTM."""
+    encoder_type = str(config.get("encoder_reparameterization_type") or "MLP").upper()
+    if encoder_type not in ENCODER_TYPES:
+        raise CheckpointError(f"{where}: encoder_reparameterization_type {encoder_type[:40]!r} is not MLP or LSTM")
+    return saved_prompt(config, state, where)
 
 
 def create(
@@ -132,6 +148,6 @@ SPEC = register(MethodSpec(
     name="p_tuning", kind="prompt", build=create, peft_type=PEFT_TYPE, from_checkpoint=PTuning.from_checkpoint,
     arguments=("num_virtual_tokens", "encoder_reparameterization_type", "encoder_hidden_size", "encoder_num_layers",
                "encoder_dropout"),
-    default_length=DEFAULT_NUM_VIRTUAL_TOKENS,
+    default_length=DEFAULT_NUM_VIRTUAL_TOKENS, config_fields=CONFIG_FIELDS, check_state=saved_encoded_prompt,
 ))
 PTuning.method = SPEC  # a module made by the class itself knows its method too

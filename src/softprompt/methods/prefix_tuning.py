@@ -22,7 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from softprompt.checkpoint import CheckpointError
 from softprompt.config import DEFAULT_NUM_VIRTUAL_TOKENS, ArgumentError, MethodArgs
 from softprompt.kv import PrefixKV, build_prefix
-from softprompt.methods.spec import MethodSpec, register
+from softprompt.methods.spec import COUNT, OPTIONAL_COUNT, ConfigField, MethodSpec, register
 
 PEFT_TYPE = "PREFIX_TUNING"
 STATE_KEY = "prompt_embeddings"
@@ -106,20 +106,9 @@ class PrefixTuning(nn.Module):
     def from_checkpoint(cls, config: dict[str, Any], state: dict[str, torch.Tensor], where: str,
                         **_: Any) -> PrefixTuning:
         """The saved flat prefix, as an inference-mode module (no projection to run)."""
-        if STATE_KEY not in state:
-            raise CheckpointError(f"{where}: no '{STATE_KEY}' tensor in adapter_model.safetensors")
-        if int(config.get("num_transformer_submodules") or 1) != 1:
-            raise CheckpointError(f"{where}: num_transformer_submodules must be 1 for a causal LM")
-        try:
-            n, layers = int(config["num_virtual_tokens"]), int(config["num_layers"])
-            token_dim, heads = int(config["token_dim"]), int(config["num_attention_heads"])
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{where}: adapter_config.json needs num_virtual_tokens, num_layers, "
-                                  "token_dim and num_attention_heads for prefix tuning") from None
-        weight = state[STATE_KEY]
-        if token_dim % heads or tuple(weight.shape) != (n, layers * 2 * token_dim):
-            raise CheckpointError(f"{where}: '{STATE_KEY}' has shape {tuple(weight.shape)}, expected "
-                                  f"({n}, {layers * 2 * token_dim}) = (num_virtual_tokens, num_layers * 2 * token_dim)")
+        weight = saved_prefix(config, state, where)
+        n, layers, token_dim, heads = (config[k] for k in ("num_virtual_tokens", "num_layers", "token_dim",
+                                                           "num_attention_heads"))
         module = cls(n, layers, heads, token_dim // heads, bool(config.get("prefix_projection")),
                      config.get("encoder_hidden_size"), inference_mode=True)
         with torch.no_grad():
@@ -135,6 +124,33 @@ class PrefixTuning(nn.Module):
             if config.get(key) is not None and int(config[key]) != value:
                 return f"adapter {key} {config[key]} does not match the base model's {value}"
         return None
+
+
+CONFIG_FIELDS = {
+    "num_virtual_tokens": COUNT, "num_layers": COUNT, "token_dim": COUNT, "num_attention_heads": COUNT,
+    "encoder_hidden_size": OPTIONAL_COUNT, "prefix_projection": ConfigField((bool, type(None))),
+    "num_transformer_submodules": ConfigField((int, type(None))),
+}
+"""The adapter_config.json fields :meth:`PrefixTuning.from_checkpoint` reads."""
+
+
+def saved_prefix(config: dict[str, Any], state: dict[str, torch.Tensor], where: str) -> torch.Tensor:
+    """The flat prefix (L, num_layers * 2 * token_dim) of a checkpoint, checked against its config (whose fields
+    :data:`CONFIG_FIELDS` have been checked)."""
+    if STATE_KEY not in state:
+        raise CheckpointError(f"{where}: no '{STATE_KEY}' tensor in adapter_model.safetensors")
+    if config.get("num_transformer_submodules") not in (None, 0, 1):
+        raise CheckpointError(f"{where}: num_transformer_submodules must be 1 for a causal LM")
+    n, layers, token_dim, heads = (config[k] for k in ("num_virtual_tokens", "num_layers", "token_dim",
+                                                       "num_attention_heads"))
+    weight = state[STATE_KEY]
+    if token_dim % heads or tuple(weight.shape) != (n, layers * 2 * token_dim):
+        raise CheckpointError(f"{where}: '{STATE_KEY}' has shape {tuple(weight.shape)}, expected "
+                              f"({n}, {layers * 2 * token_dim}) = (num_virtual_tokens, num_layers * 2 * token_dim), "
+                              f"with token_dim ({token_dim}) a multiple of num_attention_heads ({heads})")
+    if not weight.is_floating_point():
+        raise CheckpointError(f"{where}: '{STATE_KEY}' holds {weight.dtype}, not floating-point numbers")
+    return weight
 
 
 def prefill_prefix(base: PreTrainedModel, ids: list[int]) -> torch.Tensor:
@@ -196,6 +212,6 @@ SPEC = register(MethodSpec(
     from_checkpoint=PrefixTuning.from_checkpoint, incompatibility=PrefixTuning.incompatibility, check=check,
     arguments=("num_virtual_tokens", "prompt_tuning_init", "prompt_tuning_init_text", "encoder_hidden_size",
                "prefix_projection"),
-    default_length=DEFAULT_NUM_VIRTUAL_TOKENS,
+    default_length=DEFAULT_NUM_VIRTUAL_TOKENS, config_fields=CONFIG_FIELDS, check_state=saved_prefix,
 ))
 PrefixTuning.method = SPEC  # a module made by the class itself knows its method too

@@ -15,7 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from softprompt.checkpoint import CheckpointError
 from softprompt.config import DEFAULT_NUM_VIRTUAL_TOKENS, ArgumentError, MethodArgs
-from softprompt.methods.spec import MethodSpec, register
+from softprompt.methods.spec import OPTIONAL_COUNT, ConfigField, MethodSpec, register
 
 PEFT_TYPE = "PROMPT_TUNING"
 STATE_KEY = "prompt_embeddings"
@@ -82,16 +82,28 @@ def peft_prompt_config(peft_type: str, base_model_name_or_path: str, base: PreTr
     }
 
 
+PROMPT_FIELDS = {
+    "num_virtual_tokens": OPTIONAL_COUNT,
+    "num_transformer_submodules": ConfigField((int, type(None))),
+}
+"""The adapter_config.json fields a prompt checkpoint's loader reads (``token_dim``: every method's)."""
+
+
 def saved_prompt(config: dict[str, Any], state: dict[str, torch.Tensor], where: str) -> torch.Tensor:
-    """The ``prompt_embeddings`` tensor (L, d) of a prompt checkpoint, checked against its config."""
+    """The ``prompt_embeddings`` tensor (L, d) of a prompt checkpoint, checked against its config (whose
+    fields :data:`PROMPT_FIELDS` have been checked)."""
     if STATE_KEY not in state:
         raise CheckpointError(f"{where}: no '{STATE_KEY}' tensor in adapter_model.safetensors")
     weight = state[STATE_KEY]
-    n = int(config.get("num_virtual_tokens", weight.shape[0]))
-    if int(config.get("num_transformer_submodules") or 1) != 1:
+    if config.get("num_transformer_submodules") not in (None, 0, 1):
         raise CheckpointError(f"{where}: num_transformer_submodules must be 1 for a causal LM")
-    if weight.ndim != 2 or weight.shape[0] != n:
-        raise CheckpointError(f"{where}: '{STATE_KEY}' has shape {tuple(weight.shape)}, expected ({n}, token_dim)")
+    n = config.get("num_virtual_tokens") or (weight.shape[0] if weight.ndim else 0)
+    d = config.get("token_dim") or (weight.shape[1] if weight.ndim == 2 else 0)
+    if weight.ndim != 2 or tuple(weight.shape) != (n, d) or min(weight.shape) < 1:
+        raise CheckpointError(f"{where}: '{STATE_KEY}' has shape {tuple(weight.shape)}, expected ({n}, {d}) = "
+                              "(num_virtual_tokens, token_dim)")
+    if not weight.is_floating_point():
+        raise CheckpointError(f"{where}: '{STATE_KEY}' holds {weight.dtype}, not floating-point numbers")
     return weight
 
 
@@ -146,6 +158,6 @@ def create(
 SPEC = register(MethodSpec(
     name="prompt_tuning", kind="prompt", build=create, peft_type=PEFT_TYPE, from_checkpoint=PromptTuning.from_checkpoint,
     arguments=("num_virtual_tokens", "prompt_tuning_init", "prompt_tuning_init_text"),
-    default_length=DEFAULT_NUM_VIRTUAL_TOKENS,
+    default_length=DEFAULT_NUM_VIRTUAL_TOKENS, config_fields=PROMPT_FIELDS, check_state=saved_prompt,
 ))
 PromptTuning.method = SPEC  # a module made by the class itself knows its method too

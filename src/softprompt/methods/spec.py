@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -27,6 +27,38 @@ log = logging.getLogger("softprompt")
 Kind = Literal["prompt", "prefix", "weights"]
 SPEC_ATTR = "method"
 """The attribute of a created or loaded module that holds its :class:`MethodSpec`."""
+
+
+@dataclass(frozen=True)
+class ConfigField:
+    """What one adapter_config.json field may hold: JSON types, and bounds for a number."""
+
+    types: tuple[type, ...]
+    """Accepted Python types of the parsed JSON value (``type(None)``: null; ``int`` does not accept a boolean)."""
+    low: float | None = None
+    """Smallest number allowed."""
+    high: float | None = None
+    """Largest number allowed."""
+    required: bool = False
+    """The field must be present."""
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` does not fit (None: it does)."""
+        if not any(type(value) is t or (t is float and type(value) is int) for t in self.types):
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in self.types)
+            return f"must be {names}, got {type(value).__name__}"
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if self.low is not None and value < self.low:
+                return f"must be at least {self.low}, got {value}"
+            if self.high is not None and value > self.high:
+                return f"must be at most {self.high}, got {value}"
+        return None
+
+
+COUNT = ConfigField((int,), 1, 2**31 - 1, required=True)
+"""A positive integer that must be there (a length, a number of layers)."""
+OPTIONAL_COUNT = ConfigField((int, type(None)), 1, 2**31 - 1)
+"""A positive integer, null or absent."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +87,12 @@ class MethodSpec:
     incompatibility: Callable[[dict[str, Any], Any], str | None] | None = None
     """``incompatibility(config, base)``: why a saved adapter cannot sit on ``base`` (None: it can); unset, the
     config's ``token_dim`` must equal the base's hidden size."""
+    config_fields: Mapping[str, ConfigField] = dataclasses.field(default_factory=dict)
+    """The adapter_config.json fields ``from_checkpoint`` reads and what each may hold; ``read_adapter`` checks
+    them before the method sees the config."""
+    check_state: Callable[[dict[str, Any], dict[str, torch.Tensor], str], None] | None = None
+    """``check_state(config, state, where)``: raise CheckpointError unless the tensors have the names and shapes
+    the (checked) config gives; ``read_adapter`` calls it once, before the folder is used."""
 
     @property
     def served(self) -> bool:

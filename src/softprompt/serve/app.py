@@ -4,12 +4,15 @@
 Errors use OpenAI's JSON shape: unknown task 404, malformed body 400, prompt too long 400,
 bad or missing API key 401, body over the size limit 413, full queue 503, anything unexpected 500
 (logged, without the request). The API key and the size limit are checked in front of every
-route by :class:`~softprompt.serve.guard.Guard`.
+route by :class:`~softprompt.serve.guard.Guard`; the number of messages (``max_messages``) before
+any work. Prompts are encoded on a worker thread, never on the event loop, so that no request holds
+up ``/health`` or the others; a refused task or registration path is logged in one line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -23,6 +26,7 @@ from starlette.exceptions import HTTPException
 from softprompt.data import DataError
 from softprompt.data.formats import check_unicode
 from softprompt.engine.generate import SamplingParams
+from softprompt.files import one_line
 from softprompt.prompts import TaskUnavailableError, UnknownTaskError
 from softprompt.multitask import ContextLengthError, MultiTaskPredictor, Request as GenRequest, Result
 from softprompt.serve import protocol as P
@@ -30,6 +34,8 @@ from softprompt.serve.batcher import Batcher, QueueFullError
 from softprompt.serve.guard import Guard
 
 log = logging.getLogger("softprompt")
+LOGGED_PARAMS = ("model", "path")
+"""A refusal of a task (unknown, or its folder bad) or of a registration path is logged, in one line."""
 
 
 class ServeError(Exception):
@@ -40,27 +46,31 @@ class ServeError(Exception):
 
 
 def _error(exc: ServeError) -> JSONResponse:
-    return JSONResponse(P.error_body(exc.message, exc.type, exc.code, exc.param), status_code=exc.status)
+    message = exc.message.encode("utf-8", "backslashreplace").decode()  # a lone surrogate from a name or path
+    return JSONResponse(P.error_body(message, exc.type, exc.code, exc.param), status_code=exc.status)
 
 
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+def _validation_error(exc: RequestValidationError) -> ServeError:
     first = exc.errors()[0] if exc.errors() else {}
     loc = [str(x) for x in first.get("loc", ()) if x != "body"]
     param = ".".join(loc) or None
-    return (f"{param}: {first.get('msg', 'invalid request')}" if param else first.get("msg", "invalid request")), param
+    message = f"{param}: {first.get('msg', 'invalid request')}" if param else first.get("msg", "invalid request")
+    code = "array_above_max_length" if first.get("type") == "too_long" else None  # OpenAI's code for a long list
+    return ServeError(400, message, code=code, param=param)
 
 
 def _handle_errors(app: FastAPI) -> None:
     """Every error answers in OpenAI's JSON shape; an unexpected one is logged in one line, without the request."""
 
     @app.exception_handler(ServeError)
-    async def _serve_error(_: Request, exc: ServeError):
+    async def _serve_error(request: Request, exc: ServeError):
+        if exc.param in LOGGED_PARAMS:
+            log.warning("%s %s: %d %s", request.method, request.url.path, exc.status, one_line(exc.message, 300))
         return _error(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError):
-        message, param = _validation_message(exc)
-        return _error(ServeError(400, message, param=param))
+        return _error(_validation_error(exc))
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException):  # unknown path, wrong method, unreadable body
@@ -74,13 +84,19 @@ def _handle_errors(app: FastAPI) -> None:
 
 
 def create_app(predictor: MultiTaskPredictor, api_key: str | None = None, max_batch_size: int = 8,
-               batch_window_ms: float = 10.0, max_queue: int = 64, max_body_bytes: int = 1 << 20) -> FastAPI:
+               batch_window_ms: float = 10.0, max_queue: int = 64, max_body_bytes: int = 1 << 20,
+               max_messages: int | None = None) -> FastAPI:
+    """The app. ``max_messages`` bounds the messages of a chat request (None: one per token of the model's
+    context, :func:`~softprompt.serve.protocol.max_messages_for`; never over ``protocol.MAX_MESSAGES``)."""
     batcher = Batcher(predictor, max_batch_size, batch_window_ms / 1000, max_queue)
+    max_messages = min(max_messages or P.max_messages_for(predictor.max_context), P.MAX_MESSAGES)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         batcher.start()
-        yield
+        gc.collect()
+        gc.freeze()  # the ~400k objects of torch, transformers and the model: a full collection walked them in
+        yield        # 0.3 s (seconds on a busy machine), every request stalled meanwhile
         await asyncio.to_thread(batcher.stop)  # requests in flight finish first
 
     app = FastAPI(title="softprompt", lifespan=lifespan)
@@ -110,25 +126,17 @@ def create_app(predictor: MultiTaskPredictor, api_key: str | None = None, max_ba
     @app.post("/v1/chat/completions")
     async def chat(body: P.ChatCompletionRequest):
         _refuse_if_full(batcher)
-        messages = [m.model_dump() for m in body.messages]
-        tools = json.dumps(body.tools) if body.tools else None
-        try:
-            for i, m in enumerate(messages):
-                check_unicode(m["content"], f"messages.{i}.content")
-            check_unicode(tools, "tools")
-            ids = predictor.chat_ids(messages, tools)
-        except DataError as exc:
-            raise ServeError(400, str(exc), param="messages") from None
-        return await _answer(batcher, predictor, body, ids, chat=True)
+        if len(body.messages) > max_messages:
+            raise ServeError(400, f"messages: {len(body.messages)} messages, over this server's limit of "
+                             f"{max_messages}", code="array_above_max_length", param="messages")
+        request = await asyncio.to_thread(_chat_request, predictor, body)  # encoding must not hold up the loop
+        return await _answer(batcher, body, request, chat=True)
 
     @app.post("/v1/completions")
     async def complete(body: P.CompletionRequest):
         _refuse_if_full(batcher)
-        try:
-            check_unicode(body.prompt, "prompt")
-        except DataError as exc:
-            raise ServeError(400, str(exc), param="prompt") from None
-        return await _answer(batcher, predictor, body, predictor.text_ids(body.prompt), chat=False)
+        request = await asyncio.to_thread(_completion_request, predictor, body)
+        return await _answer(batcher, body, request, chat=False)
 
     return app
 
@@ -140,6 +148,30 @@ def _refuse_if_full(batcher: Batcher) -> None:
                          "overloaded")
 
 
+def _chat_request(predictor: MultiTaskPredictor, body: P.ChatCompletionRequest) -> GenRequest:
+    """The generation request of a chat body: its messages through the chat template (on a worker thread)."""
+    messages = [m.model_dump() for m in body.messages]
+    try:
+        tools = json.dumps(body.tools) if body.tools else None
+        for i, m in enumerate(messages):
+            check_unicode(m["content"], f"messages.{i}.content")
+        check_unicode(tools, "tools")
+        ids = predictor.chat_ids(messages, tools)
+    except RecursionError:
+        raise ServeError(400, "tools: nested too deeply", param="tools") from None
+    except DataError as exc:
+        raise ServeError(400, str(exc), param="messages") from None
+    return _request(predictor, body, ids)
+
+
+def _completion_request(predictor: MultiTaskPredictor, body: P.CompletionRequest) -> GenRequest:
+    try:
+        check_unicode(body.prompt, "prompt")
+    except DataError as exc:
+        raise ServeError(400, str(exc), param="prompt") from None
+    return _request(predictor, body, predictor.text_ids(body.prompt))
+
+
 def _request(predictor: MultiTaskPredictor, body: P._Sampling, ids: list[int]) -> GenRequest:
     max_tokens = body.max_completion_tokens or body.max_tokens or P.DEFAULT_MAX_TOKENS
     params = SamplingParams(max_tokens, body.temperature, body.top_p, body.top_k, body.seed)
@@ -147,8 +179,8 @@ def _request(predictor: MultiTaskPredictor, body: P._Sampling, ids: list[int]) -
     try:
         predictor.check(request)
     except UnknownTaskError:
-        raise ServeError(404, f"the model (task) '{body.model}' does not exist; GET /v1/models lists them",
-                         code="model_not_found", param="model") from None
+        raise ServeError(404, f"the model (task) {one_line(repr(body.model), 100)} does not exist; GET /v1/models "
+                         "lists them", code="model_not_found", param="model") from None
     except TaskUnavailableError as exc:
         raise ServeError(400, str(exc), param="model") from None
     except ContextLengthError as exc:
@@ -156,8 +188,7 @@ def _request(predictor: MultiTaskPredictor, body: P._Sampling, ids: list[int]) -
     return request
 
 
-async def _answer(batcher: Batcher, predictor: MultiTaskPredictor, body: P._Sampling, ids: list[int], chat: bool):
-    request = await asyncio.to_thread(_request, predictor, body, ids)
+async def _answer(batcher: Batcher, body: P._Sampling, request: GenRequest, chat: bool):
     if body.stream:
         return StreamingResponse(_stream(batcher, request, body.model, chat), media_type="text/event-stream")
     try:

@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 DEFAULT_MAX_TOKENS = 256
 """Tokens generated for a request that gives neither ``max_tokens`` nor ``max_completion_tokens``
 (the server's value since its first release; ``chat``/``predict``/``eval`` use ``defaults.MAX_NEW_TOKENS``)."""
+
+
+MAX_MESSAGES = 2048
+"""The most messages a chat request may hold, whatever the model's context (checked as the body is parsed; the
+server's own limit, :func:`max_messages_for`, may be lower)."""
+MAX_STOP = 16
+"""The most stop strings a request may give (OpenAI takes 4): each is looked for after every token."""
+
+
+def max_messages_for(context: int) -> int:
+    """The server's default limit on a chat request's messages: one per token of the model's context (every
+    chat template spends tokens on each turn), at most :data:`MAX_MESSAGES`."""
+    return max(1, min(MAX_MESSAGES, context))
 
 
 class ChatMessage(BaseModel):
@@ -29,7 +42,7 @@ class _Sampling(BaseModel):
     top_k: int = Field(default=0, ge=0)
     n: int = Field(default=1, ge=1, le=1)
     stream: bool = False
-    stop: str | list[str] | None = None
+    stop: str | Annotated[list[str], Field(max_length=MAX_STOP)] | None = None
     seed: int | None = Field(default=None, ge=-(2**63), lt=2**64)  # what a torch.Generator takes
 
     def stop_list(self) -> list[str]:
@@ -39,7 +52,7 @@ class _Sampling(BaseModel):
 
 
 class ChatCompletionRequest(_Sampling):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     tools: list[dict] | None = None
 
 
