@@ -83,14 +83,25 @@ def cmd_chat(argv: list[str]) -> int:
     if chat_args.query is not None:
         print(predictor.chat([{"role": "user", "content": chat_args.query}], gen, chat_args.system))
         return 0
+    # the shortest conversation must fit the context with --max_new_tokens, or no message ever would
+    predictor.check_context([predictor.prompt_ids([{"role": "user", "content": ""}], chat_args.system)],
+                            gen.max_new_tokens)
+    return _chat_loop(predictor, gen, chat_args.system)
+
+
+def _chat_loop(predictor, gen: GenerateArgs, system: str | None) -> int:
     history: list[dict] = []
     print("softprompt chat: type a message; 'clear' forgets the history, 'exit' quits.")
     while True:
         try:
             query = input("\nUser: ").strip()
+            query.encode("utf-8")  # a byte that is not UTF-8 comes back as a lone surrogate
         except (EOFError, KeyboardInterrupt):
             print()
             return 0
+        except UnicodeError:
+            print("softprompt chat: that line is not UTF-8 text; type it again", file=sys.stderr)
+            continue
         if query == "exit":
             return 0
         if query == "clear":
@@ -99,7 +110,12 @@ def cmd_chat(argv: list[str]) -> int:
         if not query:
             continue
         history.append({"role": "user", "content": query})
-        answer = predictor.chat(history, gen, chat_args.system)
+        try:
+            answer = predictor.chat(history, gen, system)
+        except ArgumentError as exc:  # the conversation outgrew the model's context
+            history.pop()
+            print(f"softprompt chat: {exc}; 'clear' forgets the history", file=sys.stderr)
+            continue
         print(f"Assistant: {answer}")
         history.append({"role": "assistant", "content": answer})
 
