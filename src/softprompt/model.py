@@ -165,6 +165,11 @@ def load_model(name_or_path: str, cache_dir: str | None = None, dtype: torch.dty
     return LoadedModel(model=model, tokenizer=tokenizer, name=name_or_path, gguf=gguf)
 
 
+def context_length(model: PreTrainedModel) -> int:
+    """The most positions the model takes (its config's ``max_position_embeddings``; 2048 when it has none)."""
+    return int(getattr(model.config.get_text_config(), "max_position_embeddings", 2048))
+
+
 def split_model_folder(model_name_or_path: str, adapter: str | None) -> tuple[str, str | None]:
     """(model, adapter) to load: an ``adapter`` that is a whole model folder (what full / freeze training
     writes) is the model itself, with no adapter on it."""
