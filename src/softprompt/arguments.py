@@ -115,9 +115,21 @@ def _converter(tp: Any, name: str):
             raise ArgumentError(f"--{name} expects {tp.__name__}, got {text!r}") from None
         if isinstance(value, float) and not math.isfinite(value):
             raise ArgumentError(f"--{name} must be a finite number, got {value}")
+        if isinstance(value, str):
+            _check_text(value, name)
         return value
 
     return conv
+
+
+def _check_text(text: str, name: str) -> None:
+    """A string argument must be text: a byte that is not UTF-8 reaches Python as a lone surrogate
+    (``\\udcff``), which no tokenizer, file or HTTP header can take."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ArgumentError(f"--{name} is not UTF-8 text: character {exc.start + 1} is a lone surrogate "
+                            "(a byte that is not UTF-8, or half of a pair)") from None  # not echoed: it may be a key
 
 
 def _list_converter(item: Any, name: str):
@@ -290,7 +302,9 @@ def load_yaml_args(path: str) -> dict[str, Any]:
     if not p.is_file():
         raise ArgumentError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ArgumentError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except yaml.YAMLError as exc:
         raise ArgumentError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if data is None:

@@ -6,8 +6,10 @@ User mistakes (bad arguments, data, missing model or adapter) print one line and
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import socket
 import sys
 import time
 import warnings
@@ -18,6 +20,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from softprompt.arguments import parse_args  # noqa: E402
 from softprompt.command_args import ChatArgs, PredictArgs, ServeArgs  # noqa: E402
 from softprompt.config import ArgumentError, DataArgs, GenerateArgs, MethodArgs, ModelArgs, TrainArgs  # noqa: E402
+from softprompt.files import one_line  # noqa: E402
 
 log = logging.getLogger("softprompt")
 
@@ -83,14 +86,25 @@ def cmd_chat(argv: list[str]) -> int:
     if chat_args.query is not None:
         print(predictor.chat([{"role": "user", "content": chat_args.query}], gen, chat_args.system))
         return 0
+    # the shortest conversation must fit the context with --max_new_tokens, or no message ever would
+    predictor.check_context([predictor.prompt_ids([{"role": "user", "content": ""}], chat_args.system)],
+                            gen.max_new_tokens)
+    return _chat_loop(predictor, gen, chat_args.system)
+
+
+def _chat_loop(predictor, gen: GenerateArgs, system: str | None) -> int:
     history: list[dict] = []
     print("softprompt chat: type a message; 'clear' forgets the history, 'exit' quits.")
     while True:
         try:
             query = input("\nUser: ").strip()
+            query.encode("utf-8")  # a byte that is not UTF-8 comes back as a lone surrogate
         except (EOFError, KeyboardInterrupt):
             print()
             return 0
+        except UnicodeError:
+            print("softprompt chat: that line is not UTF-8 text; type it again", file=sys.stderr)
+            continue
         if query == "exit":
             return 0
         if query == "clear":
@@ -99,7 +113,12 @@ def cmd_chat(argv: list[str]) -> int:
         if not query:
             continue
         history.append({"role": "user", "content": query})
-        answer = predictor.chat(history, gen, chat_args.system)
+        try:
+            answer = predictor.chat(history, gen, system)
+        except ArgumentError as exc:  # the conversation outgrew the model's context
+            history.pop()
+            print(f"softprompt chat: {exc}; 'clear' forgets the history", file=sys.stderr)
+            continue
         print(f"Assistant: {answer}")
         history.append({"role": "assistant", "content": answer})
 
@@ -129,20 +148,44 @@ def cmd_serve(argv: list[str]) -> int:
         argv, [ModelArgs, ServeArgs], "softprompt serve",
         "Serve a base model and every adapter under --prompts_dir through an OpenAI-compatible API.",
     )
+    if model_args.adapter_name_or_path:  # one way to add a task, the one the server reloads and lists
+        raise ArgumentError("serve does not take --adapter_name_or_path: put the adapter folder under --prompts_dir "
+                            "(each subfolder is a task named after it, which requests give as their model)")
     import uvicorn
 
     from softprompt.multitask import MultiTaskPredictor
     from softprompt.serve.app import create_app
 
-    predictor = MultiTaskPredictor.load(model_args.model_name_or_path, serve_args.prompts_dir,
-                                        serve_args.max_prefix_cache_mb, serve_args.template, model_args.cache_dir)
-    app = create_app(predictor, serve_args.api_key, serve_args.max_batch_size, serve_args.batch_window_ms,
-                     serve_args.max_queue)
-    log.info("serving %s with tasks %s on http://%s:%d/v1", predictor.lm.name,
-             ", ".join(predictor.registry.names()), serve_args.host, serve_args.port)
-    uvicorn.run(app, host=serve_args.host, port=serve_args.port, log_level="warning",
-                timeout_graceful_shutdown=60)
-    return 0
+    with _bind(serve_args.host, serve_args.port) as sock:  # a busy port fails now, not after the model loaded
+        predictor = MultiTaskPredictor.load(model_args.model_name_or_path, serve_args.prompts_dir,
+                                            serve_args.max_prefix_cache_mb, serve_args.template, model_args.cache_dir)
+        app = create_app(predictor, serve_args.api_key, serve_args.max_batch_size, serve_args.batch_window_ms,
+                         serve_args.max_queue, max_messages=serve_args.max_messages)
+        log.info("serving %s with tasks %s on http://%s:%d/v1", predictor.lm.name,
+                 ", ".join(predictor.registry.names()), serve_args.host, serve_args.port)
+        config = uvicorn.Config(app, host=serve_args.host, port=serve_args.port, log_level="warning",
+                                timeout_graceful_shutdown=60)
+        server = uvicorn.Server(config)
+        server.run(sockets=[sock])
+    return 0 if server.started else 1  # as uvicorn.run: an app that failed to start
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (not yet listening: uvicorn listens on it once the model is loaded)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except (OSError, UnicodeError) as exc:
+        raise ArgumentError(f"--host {host}: not an address to listen on ({one_line(exc)})") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a restart may reuse the port
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        why = "already in use (is another server running?)" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise ArgumentError(f"--port {port}: cannot listen on {host}:{port}, {why}") from None
+    return sock
 
 
 def cmd_eval(argv: list[str]) -> int:

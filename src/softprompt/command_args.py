@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from softprompt.config import ArgumentError
+from softprompt.defaults import MAX_MESSAGES
 
 
 @dataclass
@@ -47,8 +48,10 @@ class TaskArgs:
     """How a label of several tokens is scored: the sum or the mean of its tokens' log-likelihoods."""
 
     def __post_init__(self) -> None:
-        if self.label_words is not None and len(self.labels()) < 2:
-            raise ArgumentError(f"--label_words needs at least two comma-separated words, got {self.label_words!r}")
+        labels = self.labels()
+        if self.label_words is not None and (len(set(labels)) < 2 or len(set(labels)) != len(labels)):
+            raise ArgumentError(f"--label_words needs at least two different comma-separated words, each once, "
+                                f"got {self.label_words!r}")
 
     def labels(self) -> list[str]:
         """The --label_words as a list (empty when unset)."""
@@ -163,15 +166,23 @@ class ServeArgs:
     """Memory for cached prefix K/V of tasks (least recently used evicted first)."""
     template: str | None = None
     """Chat template: unset uses the tokenizer's own (as in training)."""
+    max_messages: int | None = None
+    """Messages a chat request may hold, at most 2048 (default: the model's context length in tokens, at most 2048)."""
 
     def __post_init__(self) -> None:
+        if self.max_messages is not None and not 1 <= self.max_messages <= MAX_MESSAGES:
+            raise ArgumentError(f"--max_messages must be in 1..{MAX_MESSAGES}, got {self.max_messages}")
         if not 0 < self.port < 65536:
             raise ArgumentError(f"--port must be in 1..65535, got {self.port}")
         for name in ("max_batch_size", "max_queue"):
             if getattr(self, name) < 1:
                 raise ArgumentError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        if self.api_key is not None and (not self.api_key.strip() or self.api_key != self.api_key.strip()):
-            raise ArgumentError("--api_key must be non-empty, without surrounding spaces")  # never echo the key
+        if self.api_key is not None:  # never echo the key, not even a character of it
+            if not self.api_key.strip() or self.api_key != self.api_key.strip():
+                raise ArgumentError("--api_key must be non-empty, without surrounding spaces")
+            if not all(" " <= c <= "~" for c in self.api_key):
+                raise ArgumentError("--api_key must be printable ASCII, what HTTP clients send in a header: "
+                                    "it holds a non-ASCII or control character")
         if self.prompts_dir is not None and not Path(self.prompts_dir).is_dir():
             raise ArgumentError(f"--prompts_dir {self.prompts_dir} is not a folder")
 

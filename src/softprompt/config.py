@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from softprompt.defaults import MAX_NEW_TOKENS
+from softprompt.defaults import MAX_NEW_TOKENS, SEED_LIMIT, SEED_MIN, TEMPERATURE_MAX
 from softprompt.files import one_line
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -22,6 +22,12 @@ DEFAULT_NUM_VIRTUAL_TOKENS = 20
 
 class ArgumentError(ValueError):
     """A user's argument is wrong; the message names it and says what was expected."""
+
+
+def check_seed(seed: int) -> None:
+    """``--seed`` must be a seed torch takes (the server's ``seed`` field has the same range)."""
+    if not SEED_MIN <= seed < SEED_LIMIT:
+        raise ArgumentError(f"--seed must be in [-2**63, 2**64), what torch takes, got {seed}")
 
 
 @dataclass
@@ -262,6 +268,7 @@ class TrainArgs:
                 raise ArgumentError(f"--{name} must be in [0, 1), got {getattr(self, name):g}")
         if str(self.resume_from_checkpoint).strip().lower() in ("none", "false", ""):
             self.resume_from_checkpoint = None  # YAML false / an empty value: start afresh
+        check_seed(self.seed)
         if self.fp16 and self.bf16:
             raise ArgumentError("--fp16 and --bf16 are exclusive: pick one")
         words = set(self.fsdp.split())
@@ -285,7 +292,7 @@ class GenerateArgs:
     max_new_tokens: int = MAX_NEW_TOKENS
     """Maximum tokens to generate per answer."""
     temperature: float = 0.0
-    """Sampling temperature; 0 means greedy decoding."""
+    """Sampling temperature in [0, 2] (as the server's); 0 means greedy decoding."""
     top_p: float = 1.0
     """Nucleus sampling: keep the smallest set of tokens whose probability sums to top_p."""
     top_k: int = 0
@@ -294,12 +301,16 @@ class GenerateArgs:
     """Random seed for sampling."""
 
     def __post_init__(self) -> None:
+        """The server's limits (``serve.protocol``) too: a value one refuses, the other refuses."""
         if self.max_new_tokens < 1:
             raise ArgumentError(f"--max_new_tokens must be at least 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ArgumentError(f"--temperature must be >= 0, got {self.temperature}")
+        if not 0 <= self.temperature <= TEMPERATURE_MAX:
+            raise ArgumentError(f"--temperature must be in [0, {TEMPERATURE_MAX:g}], got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ArgumentError(f"--top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ArgumentError(f"--top_k must be at least 0 (0 = off), got {self.top_k}")
+        check_seed(self.seed)
 
 
 def as_dict(*objs: Any) -> dict[str, Any]:

@@ -11,6 +11,18 @@ MAX_NEW_TOKENS = 128
 ``SamplingParams``). The server's own default for a request without ``max_tokens`` is
 ``serve.protocol.DEFAULT_MAX_TOKENS``."""
 
+TEMPERATURE_MAX = 2.0
+"""The highest sampling temperature accepted (OpenAI's range is [0, 2]): ``--temperature`` and the server's
+``temperature`` field."""
+
+SEED_MIN, SEED_LIMIT = -(2**63), 2**64
+"""Seeds run from ``SEED_MIN`` up to, not including, ``SEED_LIMIT``: what ``torch.manual_seed`` and a
+``torch.Generator`` take. ``--seed`` (train, chat, predict, eval) and the server's ``seed`` field."""
+
+MAX_MESSAGES = 2048
+"""The most messages a chat request may hold, whatever the model's context (checked as the server parses the
+body; its own limit, ``serve.protocol.max_messages_for`` or ``--max_messages``, may be lower)."""
+
 BASE = "base"
 """The task name (server) or ``--adapter_name_or_path`` entry (eval) that stands for the base model
 alone, with no adapter."""

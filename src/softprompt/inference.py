@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from softprompt.config import GenerateArgs
+from softprompt.config import ArgumentError, GenerateArgs
 from softprompt.data import Conversation, render_prompt
 from softprompt.engine.forward import prefix_of
 from softprompt.engine.generate import SamplingParams
@@ -57,9 +57,24 @@ class Predictor:
     def prompt_ids(self, messages: Sequence[dict], system: str | None = None, tools: str | None = None) -> list[int]:
         return self.tasks.chat_ids(messages, tools, system)
 
+    def check_context(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                      origins: Sequence[str] | None = None) -> None:
+        """The server's rule (:meth:`MultiTaskPredictor.check`) before anything is generated: each prompt, the
+        soft prompt and ``max_new_tokens`` together fit the model's context; else an ArgumentError naming the
+        longest prompt (by its ``origins`` entry when given)."""
+        soft = self.prefix.length if self.prefix is not None else 0
+        longest = max(range(len(prompts)), key=lambda i: len(prompts[i]), default=None)
+        n = len(prompts[longest]) if longest is not None else 0
+        if self.tasks.overflow(n, self.prefix, max_new_tokens) is not None:
+            where = f"{origins[longest]}: " if origins and longest is not None else ""
+            raise ArgumentError(f"{where}prompt ({n} tokens) + soft prompt ({soft}) + --max_new_tokens "
+                                f"({max_new_tokens}) = {n + soft + max_new_tokens} exceeds the model's context of "
+                                f"{self.tasks.max_context} tokens")
+
     def generate_ids(self, prompts: Sequence[Sequence[int]], gen: GenerateArgs) -> list[list[int]]:
         """New token ids for each prompt, generated together in one batch; sampled rows share one
         generator seeded with ``gen.seed``."""
+        self.check_context(prompts, gen.max_new_tokens)
         params = SamplingParams(gen.max_new_tokens, gen.temperature, gen.top_p, gen.top_k)
         return self.tasks.generate(prompts, self.prefix, params, torch.Generator().manual_seed(gen.seed))
 
@@ -73,14 +88,16 @@ class Predictor:
         ``{"prompt", "predict", "label"}`` where ``prompt`` is the exact text fed to the model."""
         rows: list[dict] = []
         tok = self.lm.tokenizer
+        asks = [c.prompt_and_answer() for c in conversations]
+        prompts = [self.prompt_ids(msgs, c.system, c.tools) for c, (msgs, _) in zip(conversations, asks)]
+        self.check_context(prompts, gen.max_new_tokens, [c.origin for c in conversations])
         out_path = Path(out_path)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_open(out_path) as f, tqdm(total=len(conversations), desc="predict", unit="ex") as bar:
             for start in range(0, len(conversations), batch_size):
-                chunk = conversations[start:start + batch_size]
-                asks = [c.prompt_and_answer() for c in chunk]
-                prompts = [self.prompt_ids(msgs, c.system, c.tools) for c, (msgs, _) in zip(chunk, asks)]
-                for c, (msgs, label), ids in zip(chunk, asks, self.generate_ids(prompts, gen)):
+                chunk = slice(start, start + batch_size)
+                for c, (msgs, label), ids in zip(conversations[chunk], asks[chunk],
+                                                 self.generate_ids(prompts[chunk], gen)):
                     row = {
                         "prompt": render_prompt(tok, msgs, c.system, c.tools, self.template),
                         "predict": tok.decode(ids, skip_special_tokens=True),
@@ -88,5 +105,5 @@ class Predictor:
                     }
                     rows.append(row)
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                bar.update(len(chunk))
+                bar.update(len(prompts[chunk]))
         return rows

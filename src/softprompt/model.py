@@ -18,7 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from softprompt.checkpoint import is_model_folder
-from softprompt.config import DEFAULT_MODEL, ModelArgs
+from softprompt.config import DEFAULT_MODEL, ArgumentError, ModelArgs
 from softprompt.files import atomic_folder, one_line
 
 log = logging.getLogger("softprompt")
@@ -111,9 +111,17 @@ def convert_gguf(src: GGUFSource, cache_dir: str | None = None) -> Path:
     target = _gguf_cache_folder(src, cache_dir)
     if (target / "config.json").is_file():
         return target
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)  # a cache that cannot be written fails before the slow part
+    except OSError as exc:
+        raise _cache_error(target, exc) from None
     log.info("converting %s to a Hugging Face folder (once) in %s", src.file, target)
-    tokenizer = AutoTokenizer.from_pretrained(src.folder, gguf_file=src.file)
-    model = AutoModelForCausalLM.from_pretrained(src.folder, gguf_file=src.file, dtype=torch.float32)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(src.folder, gguf_file=src.file)
+        model = AutoModelForCausalLM.from_pretrained(src.folder, gguf_file=src.file, dtype=torch.float32)
+    except Exception as exc:  # not GGUF, truncated, an architecture transformers cannot read: each its own type
+        raise ModelNotFoundError(f"{os.path.join(src.folder, src.file)}: not a GGUF model softprompt can load "
+                                 f"({type(exc).__name__}: {one_line(exc)})") from None
     # The weights are dequantized already; drop the GGUF marker so they save as plain safetensors.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -123,7 +131,15 @@ def convert_gguf(src: GGUFSource, cache_dir: str | None = None) -> Path:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 
-    return atomic_folder(target, write, existing="keep")  # "keep": another process may have won the race
+    try:
+        return atomic_folder(target, write, existing="keep")  # "keep": another process may have won the race
+    except OSError as exc:  # the disk filled up, permissions changed
+        raise _cache_error(target, exc) from None
+
+
+def _cache_error(target: Path, exc: OSError) -> ArgumentError:
+    return ArgumentError(f"cannot write the converted model to {target} ({exc.strerror or one_line(exc)}); "
+                         "name a writable folder with --cache_dir or $SOFTPROMPT_CACHE")
 
 
 def load_model(name_or_path: str, cache_dir: str | None = None, dtype: torch.dtype = torch.float32) -> LoadedModel:
@@ -147,6 +163,11 @@ def load_model(name_or_path: str, cache_dir: str | None = None, dtype: torch.dty
     model.eval()
     model.requires_grad_(False)
     return LoadedModel(model=model, tokenizer=tokenizer, name=name_or_path, gguf=gguf)
+
+
+def context_length(model: PreTrainedModel) -> int:
+    """The most positions the model takes (its config's ``max_position_embeddings``; 2048 when it has none)."""
+    return int(getattr(model.config.get_text_config(), "max_position_embeddings", 2048))
 
 
 def split_model_folder(model_name_or_path: str, adapter: str | None) -> tuple[str, str | None]:

@@ -99,14 +99,20 @@ class MultiTaskPredictor:
     def check(self, request: Request) -> None:
         """Raise UnknownTaskError / TaskUnavailableError / ContextLengthError before queueing."""
         prefix = self.registry.prefix(request.task)
-        total = len(request.prompt_ids) + (prefix.length if prefix is not None else 0) + request.params.max_new_tokens
+        total = self.overflow(len(request.prompt_ids), prefix, request.params.max_new_tokens)
         if not request.prompt_ids:
             raise ContextLengthError("the prompt is empty")
-        if total > self.max_context:
+        if total is not None:
             raise ContextLengthError(
                 f"prompt ({len(request.prompt_ids)} tokens) + soft prompt + max_tokens "
                 f"({request.params.max_new_tokens}) = {total} exceeds the model's context of {self.max_context}"
             )
+
+    def overflow(self, prompt_tokens: int, prefix: PrefixKV | None, max_new_tokens: int) -> int | None:
+        """The context rule of every entry point: prompt + soft prompt + new tokens, when that exceeds the model's
+        context (None when it fits)."""
+        total = prompt_tokens + (prefix.length if prefix is not None else 0) + max_new_tokens
+        return total if total > self.max_context else None
 
     def generate(self, prompts: Sequence[Sequence[int]], prefix: PrefixKV | Sequence[PrefixKV | None] | None,
                  params: SamplingParams | Sequence[SamplingParams], generator: torch.Generator | None = None,

@@ -16,7 +16,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import random
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,11 @@ SHAREGPT_TAGS = {
     "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system",
 }
 _UNSUPPORTED_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
+MAX_FILE_BYTES = 2 * 2**30
+"""The largest data file (or dataset_info.json) softprompt reads: each is read whole into memory."""
+MAX_UPSAMPLE = 100
+"""``num_samples`` may repeat a dataset's rows up to this many times over (LLaMA-Factory upsamples; a typo such as
+10**12 must not build a list of that length)."""
 
 
 @dataclass
@@ -66,9 +73,9 @@ class Row:
 def read_dataset_info(dataset_dir: str | Path) -> dict[str, Any]:
     """The parsed ``dataset_info.json`` of ``dataset_dir`` (a mapping name -> entry)."""
     path = Path(dataset_dir) / "dataset_info.json"
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"{path}: not found; --dataset_dir must hold a LLaMA-Factory dataset_info.json")
-    text = decode_utf8(path.read_bytes(), str(path))
+    text = decode_utf8(read_file(path), str(path))
     try:
         info = json.loads(text)
     except (ValueError, RecursionError) as exc:
@@ -142,8 +149,49 @@ def parse_spec(name: str, entry: Any, info_path: Path) -> DatasetSpec:
 # files -> rows
 
 
+def read_file(path: Path) -> bytes:
+    """The bytes of ``path``, a regular file of at most :data:`MAX_FILE_BYTES`; else a DataError, raised before
+    anything that could block (a FIFO) or never end (``/dev/zero``) is read."""
+    try:
+        _check_regular(path, path.stat())  # before opening: opening some devices does something
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # never blocks, even if a FIFO took the name meanwhile
+        with open(fd, "rb") as fh:
+            size = _check_regular(path, os.fstat(fh.fileno()))
+            raw = fh.read(size + 1)
+            if len(raw) > size:  # it grew meanwhile
+                raw += fh.read(MAX_FILE_BYTES + 1 - len(raw))
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found (file_name in dataset_info.json is relative to dataset_dir)") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it ({exc.strerror or one_line(exc)})") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise _too_big(path, len(raw))
+    return raw
+
+
+def _check_regular(path: Path, info: os.stat_result) -> int:
+    """``info.st_size`` of a regular file no larger than MAX_FILE_BYTES; a DataError for anything else."""
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    if not stat.S_ISREG(info.st_mode):
+        kind = next((name for test, name in kinds if test(info.st_mode)), "not a plain file")
+        raise DataError(f"{path}: not a regular file ({kind})")
+    if info.st_size > MAX_FILE_BYTES:
+        raise _too_big(path, info.st_size)
+    return info.st_size
+
+
+def _too_big(path: Path, size: int) -> DataError:
+    return DataError(f"{path}: {size / 2**30:.1f} GiB, more than the {MAX_FILE_BYTES // 2**30} GiB softprompt reads "
+                     "into memory from one file; split it into several files in a folder")
+
+
 def read_rows(path: Path) -> list[Row]:
     """All rows of a data file, or of every data file in a folder (sorted by name)."""
+    suffix = path.suffix.lower()
+    if path.is_dir() and suffix in SUPPORTED_EXTENSIONS:
+        raise DataError(f"{path}: a folder, not a {suffix} file; file_name names a data file, or a folder of them "
+                        "without a data-file extension")
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
         if not files:
@@ -151,14 +199,14 @@ def read_rows(path: Path) -> list[Row]:
         return [row for p in files for row in read_rows(p)]
     if not path.exists():
         raise DataError(f"{path}: file not found (file_name in dataset_info.json is relative to dataset_dir)")
-    suffix = path.suffix.lower()
     if suffix not in SUPPORTED_EXTENSIONS:
         raise DataError(f"{path}: unsupported file type {suffix or '(none)'!r}; use {', '.join(SUPPORTED_EXTENSIONS)}")
+    raw = read_file(path)
     if suffix == ".csv":
-        return _read_csv(path)
+        return _read_csv(path, raw)
     if suffix == ".parquet":
-        return _read_parquet(path)
-    text = decode_utf8(path.read_bytes(), str(path))
+        return _read_parquet(path, raw)
+    text = decode_utf8(raw, str(path))
     if text.lstrip().startswith("["):
         return _read_json_array(path, text)
     return _read_json_lines(path, text)
@@ -198,9 +246,9 @@ def _read_json_lines(path: Path, text: str) -> list[Row]:
     return rows
 
 
-def _read_csv(path: Path) -> list[Row]:
+def _read_csv(path: Path, raw: bytes) -> list[Row]:
     rows = []
-    text = decode_utf8(path.read_bytes(), str(path))
+    text = decode_utf8(raw, str(path))
     try:
         with io.StringIO(text, newline="") as fh:
             reader = csv.DictReader(fh)
@@ -213,13 +261,13 @@ def _read_csv(path: Path) -> list[Row]:
     return rows
 
 
-def _read_parquet(path: Path) -> list[Row]:
+def _read_parquet(path: Path, raw: bytes) -> list[Row]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
         raise DataError(f"{path}: reading .parquet files needs pyarrow: pip install pyarrow") from None
     try:
-        records = pq.read_table(path).to_pylist()
+        records = pq.read_table(io.BytesIO(raw)).to_pylist()
     except Exception as exc:  # pyarrow raises several types for a bad file
         raise DataError(f"{path}: not a readable parquet file ({one_line(exc)})") from None
     return [_as_row(rec, f"{path} row {i}") for i, rec in enumerate(records)]
@@ -231,6 +279,10 @@ def load_rows(spec: DatasetSpec, max_samples: int | None = None, seed: int = 42)
     if not rows:
         raise DataError(f"{spec.path}: dataset {spec.name!r} has no rows")
     if spec.num_samples is not None:
+        if spec.num_samples > MAX_UPSAMPLE * len(rows):
+            raise DataError(f"dataset {spec.name!r}: num_samples {spec.num_samples} (dataset_info.json) is more "
+                            f"than {MAX_UPSAMPLE} times the {len(rows)} rows of {spec.path} "
+                            f"(at most {MAX_UPSAMPLE * len(rows)})")
         rng = random.Random(seed)
         order = list(range(len(rows)))
         rng.shuffle(order)

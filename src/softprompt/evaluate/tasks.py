@@ -79,14 +79,15 @@ def run_generation(p: Predictor, convs: Sequence[Conversation], gen: GenerateArg
     """Generate an answer per prompt (batched, shared prefix), then exact match, ROUGE-L, BLEU-4."""
     tok = p.lm.tokenizer
     asks = [split_answer(c) for c in convs]
+    prompts = [p.prompt_ids(m, c.system, c.tools) for c, (m, _) in zip(convs, asks)]
+    p.check_context(prompts, gen.max_new_tokens, [c.origin for c in convs])  # before any example is generated
     rows: list[dict[str, Any]] = []
     with tqdm(total=len(convs), desc="generate", unit="ex") as bar:
         for start in range(0, len(convs), bs):
-            chunk = list(zip(convs[start:start + bs], asks[start:start + bs]))
-            prompts = [p.prompt_ids(m, c.system, c.tools) for c, (m, _) in chunk]
-            for (_, (_, ref)), ids in zip(chunk, p.generate_ids(prompts, gen)):
+            chunk = slice(start, start + bs)
+            for (_, ref), ids in zip(asks[chunk], p.generate_ids(prompts[chunk], gen)):
                 rows.append({"label": ref, "predict": tok.decode(ids, skip_special_tokens=True).strip()})
-            bar.update(len(chunk))
+            bar.update(len(prompts[chunk]))
     metrics = generation_scores([r["predict"] for r in rows], [r["label"] for r in rows])
     return metrics, rows
 

@@ -15,6 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from softprompt.checkpoint import CheckpointError
 from softprompt.config import DEFAULT_NUM_VIRTUAL_TOKENS, ArgumentError, MethodArgs
+from softprompt.files import one_line
 from softprompt.methods.spec import OPTIONAL_COUNT, ConfigField, MethodSpec, register
 
 PEFT_TYPE = "PROMPT_TUNING"
@@ -131,16 +132,28 @@ def initial_prompt(
 
 
 def _init_from_hook(spec: str, L: int, emb: torch.Tensor, tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
+    """The user's ``module:function`` called as fn(L, emb, tokenizer); whatever it raises (on import, a wrong
+    signature, its own error) or returns that is not an (L, d) tensor is an ArgumentError naming it."""
     module_name, _, fn_name = spec.partition(":")
     try:
         fn = getattr(importlib.import_module(module_name), fn_name)
-    except (ImportError, AttributeError) as exc:
-        raise ArgumentError(f"--prompt_tuning_init {spec}: cannot load it ({exc})") from None
-    out = torch.as_tensor(fn(L, emb, tokenizer), dtype=torch.float32)
-    if tuple(out.shape) != (L, emb.shape[1]):
-        raise ArgumentError(
-            f"--prompt_tuning_init {spec}: returned shape {tuple(out.shape)}, expected ({L}, {emb.shape[1]})"
-        )
+    except Exception as exc:  # ImportError, AttributeError, and whatever the module raises as it runs
+        raise ArgumentError(f"--prompt_tuning_init {spec}: cannot load it ({type(exc).__name__}: "
+                            f"{one_line(exc)})") from None
+    try:
+        result = fn(L, emb, tokenizer)
+    except Exception as exc:  # the hook's own code: a TypeError for a wrong signature, or anything it raises
+        raise ArgumentError(f"--prompt_tuning_init {spec}: calling it as {fn_name}(num_virtual_tokens, "
+                            f"embedding_weight, tokenizer) failed ({type(exc).__name__}: {one_line(exc)})") from None
+    try:
+        out = torch.as_tensor(result, dtype=torch.float32)
+    except Exception:  # torch raises TypeError, ValueError or RuntimeError for what it cannot take
+        out = None
+    if out is None or tuple(out.shape) != (L, emb.shape[1]):
+        got = f"shape {tuple(out.shape)}" if out is not None else f"a {type(result).__name__}"
+        raise ArgumentError(f"--prompt_tuning_init {spec}: returned {got}, expected ({L}, {emb.shape[1]})")
+    if not torch.isfinite(out).all():
+        raise ArgumentError(f"--prompt_tuning_init {spec}: returned values that are not finite (nan or inf)")
     return out
 
 

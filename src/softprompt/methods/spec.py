@@ -21,6 +21,7 @@ from torch import nn
 
 from softprompt.checkpoint import CheckpointError
 from softprompt.config import ArgumentError, MethodArgs
+from softprompt.model import context_length
 
 log = logging.getLogger("softprompt")
 
@@ -110,8 +111,16 @@ class MethodSpec:
         return self.peft_type is None
 
     def create(self, base, tokenizer, args: MethodArgs, generator: torch.Generator) -> nn.Module:
-        """A new trainable module for ``base``, initialised as ``args`` say; it carries this spec."""
-        return _stamp(self.build(base, tokenizer, args, generator), self)
+        """A new trainable module for ``base``, initialised as ``args`` say; it carries this spec. A prompt or
+        prefix that leaves no room in the model's context for the text is refused (before it is built, when
+        --num_virtual_tokens gives its length)."""
+        if self.kind != "weights" and args.num_virtual_tokens is not None:
+            _check_fits(base, args.num_virtual_tokens, f"--num_virtual_tokens {args.num_virtual_tokens}")
+        module = self.build(base, tokenizer, args, generator)
+        length = getattr(module, "num_virtual_tokens", None)
+        if self.kind != "weights" and length is not None:  # a length taken from --prompt_tuning_init_text
+            _check_fits(base, length, f"a soft prompt of {length} tokens (from --prompt_tuning_init_text)")
+        return _stamp(module, self)
 
     def load(self, config: dict[str, Any], state: dict[str, torch.Tensor], where: str, base=None,
              trainable: bool = False) -> nn.Module:
@@ -119,6 +128,14 @@ class MethodSpec:
         if self.from_checkpoint is None:
             raise CheckpointError(f"{where}: a {self.name} result is a model folder, not an adapter")
         return _stamp(self.from_checkpoint(config, state, where, base=base, trainable=trainable), self)
+
+
+def _check_fits(base, length: int, what: str) -> None:
+    """An ArgumentError when ``length`` virtual tokens leave no room for text in ``base``'s context."""
+    context = context_length(base)
+    if length >= context:
+        raise ArgumentError(f"{what} does not fit the model's context of {context} tokens: the soft prompt and the "
+                            f"text share it, so it must be below {context}")
 
 
 def _stamp(module: nn.Module, spec: MethodSpec) -> nn.Module:

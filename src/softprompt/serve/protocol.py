@@ -8,14 +8,13 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from softprompt.defaults import MAX_MESSAGES, SEED_LIMIT, SEED_MIN, TEMPERATURE_MAX
+
 DEFAULT_MAX_TOKENS = 256
 """Tokens generated for a request that gives neither ``max_tokens`` nor ``max_completion_tokens``
 (the server's value since its first release; ``chat``/``predict``/``eval`` use ``defaults.MAX_NEW_TOKENS``)."""
 
 
-MAX_MESSAGES = 2048
-"""The most messages a chat request may hold, whatever the model's context (checked as the body is parsed; the
-server's own limit, :func:`max_messages_for`, may be lower)."""
 MAX_STOP = 16
 """The most stop strings a request may give (OpenAI takes 4): each is looked for after every token."""
 
@@ -37,13 +36,13 @@ class _Sampling(BaseModel):
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    temperature: float = Field(default=0.0, ge=0.0, le=TEMPERATURE_MAX)  # the limits --temperature etc. check too
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     top_k: int = Field(default=0, ge=0)
     n: int = Field(default=1, ge=1, le=1)
     stream: bool = False
     stop: str | Annotated[list[str], Field(max_length=MAX_STOP)] | None = None
-    seed: int | None = Field(default=None, ge=-(2**63), lt=2**64)  # what a torch.Generator takes
+    seed: int | None = Field(default=None, ge=SEED_MIN, lt=SEED_LIMIT)  # what a torch.Generator takes
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
