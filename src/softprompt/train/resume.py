@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from softprompt import outdir
 from softprompt.checkpoint import CheckpointError
 from softprompt.config import ArgumentError, TrainArgs
 from softprompt.files import atomic_folder, atomic_write_text, one_line
@@ -128,21 +129,26 @@ def save_checkpoint(outputs, state: RunState, model: torch.nn.Module, optimizer,
     if not outputs.main:
         return None
     final = outputs.dir / f"checkpoint-{state.step}"
+    if final.exists():
+        outdir.remove_own(outputs.dir, final.name)  # re-saving a step after resuming from an older one
+    outdir.claim(outputs.dir, final.name)  # listed before anything of it is written (its temporary folder too)
 
     def write(staged: Path) -> None:
         outputs.save_adapter(staged)  # the adapter or model folder, as the method writes it
         write_training_state(staged, state, model, optimizer, scheduler, args)
+        outdir.claim(outputs.dir, *(f"{final.name}/{p.relative_to(staged)}" for p in staged.rglob("*")))
 
-    atomic_folder(final, write, existing="replace")  # "replace": re-saving a step after resuming from an older one
+    atomic_folder(final, write, existing="merge")  # "merge": a file softprompt did not write in it stays
     rotate(outputs.dir, args.save_total_limit)
     return final
 
 
 def rotate(output_dir: Path, limit: int | None) -> None:
-    """Keep the newest ``limit`` checkpoint-N folders (all when ``limit`` is None)."""
+    """Keep the newest ``limit`` checkpoint-N folders (all when ``limit`` is None); of the older ones, remove
+    what softprompt wrote."""
     if limit:
         for old in checkpoints(output_dir)[:-limit]:
-            shutil.rmtree(old, ignore_errors=True)
+            outdir.remove_own(output_dir, old.name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,7 +194,7 @@ def _restore_params(folder: Path, model: torch.nn.Module) -> Any:
 
 
 def restore(folder: Path, model: torch.nn.Module, optimizer, scheduler, args: TrainArgs,
-            main: bool) -> tuple[RunState, Rng]:
+            main: bool, total: int | None = None) -> tuple[RunState, Rng]:
     """Load a checkpoint's parameters, optimizer and scheduler into this run (``model`` unwrapped) and
     return its run state, with the random state to put back once the loop starts (:func:`continue_from`).
     On the main process, keep output_dir's log up to the checkpoint's step (the state's history) and
@@ -240,7 +246,7 @@ def continue_from(stream: Iterator, skip: int, rng: Rng) -> None:
 def _clean_temporaries(output_dir: Path) -> None:
     """Remove the ``.checkpoint-N.XXXX`` folders a killed run left behind."""
     for tmp in output_dir.glob(".checkpoint-*"):
-        if tmp.is_dir():
+        if tmp.is_dir() and outdir.TEMPORARY_CHECKPOINT.fullmatch(tmp.name):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
