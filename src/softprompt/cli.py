@@ -132,7 +132,9 @@ def cmd_predict(argv: list[str]) -> int:
 
     from softprompt.data import load_conversations
     from softprompt.inference import Predictor
+    from softprompt.outdir import check_writable
 
+    check_writable(pred_args.output_dir)  # before any loading
     data_args.require_dataset()
     conversations = load_conversations(data_args, gen.seed)
     predictor = Predictor.load(model_args.model_name_or_path, model_args.adapter_name_or_path,

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
+from softprompt import outdir
 from softprompt.arguments import parse_args
 from softprompt.command_args import CompareArgs, TaskArgs
 from softprompt.config import ArgumentError, DataArgs, GenerateArgs, MethodArgs, ModelArgs, TrainArgs
@@ -38,9 +39,10 @@ from softprompt.report import number, pyplot
 from softprompt.train.loop import fresh_output_dir
 
 log = logging.getLogger("softprompt")
-RUN_FILES = {"trainer_log.jsonl", "train_results.json", "training_args.yaml", "training_loss.png"}
+RUN_FILES = {"trainer_log.jsonl", "train_results.json", "training_args.yaml", "training_loss.png", outdir.MANIFEST}
 """What a run writes beside its checkpoint; not counted in the checkpoint's bytes."""
 METRIC = {"classification": "accuracy", "generation": "rouge_l", "loss": "loss"}
+REPORT_FILES = ("compare.json", "compare.md", "compare.png")
 
 
 @dataclass
@@ -78,6 +80,7 @@ def _train_command(plan: ComparePlan, method: str, out: Path) -> list[str]:
     argv = list(plan.train_argv)
     if plan.train_config is not None:  # the YAML config, minus compare's keys
         path = Path(plan.train.output_dir) / "logs" / "train_config.yaml"
+        outdir.claim(plan.train.output_dir, "logs/train_config.yaml")
         atomic_write_text(path, yaml.safe_dump(plan.train_config, sort_keys=False))
         argv.insert(0, str(path))
     lr = plan.compare.learning_rates().get(method)
@@ -89,6 +92,7 @@ def _train_command(plan: ComparePlan, method: str, out: Path) -> list[str]:
 def _train(plan: ComparePlan, method: str, out: Path, bar) -> dict[str, Any]:
     """Run one method's training process; its figures, or its error line."""
     log_path = Path(plan.train.output_dir) / "logs" / f"{method}.log"
+    outdir.claim(plan.train.output_dir, f"logs/{method}.log", method)  # listed before the run writes them
     start = time.time()
     with open(log_path, "w") as log_file:
         proc = subprocess.Popen(_train_command(plan, method, out), stdout=log_file, stderr=subprocess.STDOUT,
@@ -158,8 +162,8 @@ def _changes_base(folder: Path) -> bool:
 
 def run_compare(plan: ComparePlan) -> dict[str, Any]:
     """Train, time and score every method; write compare.{json,md,png}; return the report."""
-    root = fresh_output_dir(plan.train, "logs")
     methods = plan.compare.method_list()
+    root = fresh_output_dir(plan.train, plan.model, plan.data, {*REPORT_FILES, *methods}, "logs")
     convs, labels, eval_data = [], [], None
     if plan.compare.eval_dataset:
         eval_data = DataArgs(**{**plan.data.__dict__, "dataset": plan.compare.eval_dataset, "val_size": 0.0,
@@ -190,6 +194,7 @@ def run_compare(plan: ComparePlan) -> dict[str, Any]:
     report = {"base_model": plan.model.model_name_or_path, "dataset": plan.data.dataset,
               "eval_dataset": plan.compare.eval_dataset, "task": plan.task.task if convs else None,
               "device": _device(), "command": plan.command, "methods": rows}
+    outdir.claim(root, *REPORT_FILES)
     atomic_write_text(root / "compare.json", json.dumps(report, indent=2) + "\n")
     atomic_write_text(root / "compare.md", compare_markdown(report))
     plot_compare(report, root / "compare.png")

@@ -174,7 +174,7 @@ class TrainArgs:
     output_dir: str = "output"
     """Where the adapter, checkpoints, logs and the loss plot are written."""
     overwrite_output_dir: bool = False
-    """Allow writing into a non-empty output_dir (its old contents are removed)."""
+    """Allow writing into a non-empty output_dir: what softprompt wrote there is removed, other files stay."""
     do_train: bool = True
     """Accepted for LLaMA-Factory compatibility (softprompt train always trains)."""
     do_eval: bool = False

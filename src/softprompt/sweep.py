@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from softprompt import outdir
 from softprompt.arguments import parse_args
 from softprompt.command_args import SweepArgs, TaskArgs
 from softprompt.config import ArgumentError, DataArgs, GenerateArgs, MethodArgs, ModelArgs, TrainArgs
@@ -33,6 +34,7 @@ from softprompt.train.loop import fresh_output_dir
 log = logging.getLogger("softprompt")
 GOAL = {"classification": ("accuracy", max), "generation": ("rouge_l", max), "loss": ("eval_loss", min)}
 """Per task: the number that names the best run, and whether higher or lower is better."""
+REPORT_FILES = ("sweep_results.json", "sweep_results.md", "sweep.png")
 
 
 @dataclass
@@ -86,8 +88,8 @@ def combinations(plan: SweepPlan) -> list[tuple[str, MethodArgs, TrainArgs]]:
 
 def run_sweep(plan: SweepPlan) -> dict[str, Any]:
     """Train and score every combination; write sweep_results.{json,md} and sweep.png; return the report."""
-    out = fresh_output_dir(plan.train)
     runs = combinations(plan)
+    out = fresh_output_dir(plan.train, plan.model, plan.data, {*REPORT_FILES, *(name for name, _, _ in runs)})
     task = plan.task.task
     lm = load_model(plan.model.model_name_or_path, plan.model.cache_dir) if task != "loss" else None
     convs = eval_conversations(plan.data, plan.train.seed) if lm is not None else []
@@ -99,6 +101,7 @@ def run_sweep(plan: SweepPlan) -> dict[str, Any]:
                                "init": method.prompt_tuning_init, "learning_rate": targs.learning_rate,
                                "adapter": targs.output_dir, "train_loss": None, "eval_loss": None, "steps": None,
                                "train_runtime_s": 0.0}
+        outdir.claim(out, name)  # listed before the run writes into it
         try:
             result = train(plan.model, plan.data, method, targs)
         except TrainingError as err:  # e.g. a learning rate that diverges: record it, go on with the others
@@ -120,6 +123,7 @@ def run_sweep(plan: SweepPlan) -> dict[str, Any]:
     best = pick(scored_rows, key=lambda r: r[key])["run"] if scored_rows else None
     report = {"task": task, "metric": key, "best": best, "axes": plan.axes, "dataset": plan.data.dataset,
               "base_model": plan.model.model_name_or_path, "runs": rows}
+    outdir.claim(out, *REPORT_FILES)
     atomic_write_text(out / "sweep_results.json", json.dumps(report, indent=2) + "\n")
     atomic_write_text(out / "sweep_results.md", sweep_markdown(report))
     plot_sweep(report, out / "sweep.png")

@@ -48,7 +48,8 @@ def test_refuses_non_empty_output_dir_and_keeps_it(tiny_dir, data_dir, tmp_path,
     assert "is not empty; pass --overwrite_output_dir" in err and "Traceback" not in err
     assert (out / "precious.txt").read_text() == "keep me"
     assert main(train_flags(tiny_dir, data_dir, out, overwrite_output_dir="true")) == 0
-    assert not (out / "precious.txt").exists() and (out / "adapter_config.json").is_file()
+    # issue 16: --overwrite_output_dir replaces softprompt's own outputs only; a file it did not write stays
+    assert (out / "precious.txt").read_text() == "keep me" and (out / "adapter_config.json").is_file()
 
 
 def test_bad_data_writes_nothing(tiny_dir, data_dir, tmp_path, capsys):

@@ -23,7 +23,7 @@ from softprompt.cli import main
 from tests.helpers import train_flags, write_alpaca_dataset
 
 FILES = {"adapter_config.json", "adapter_model.safetensors", "checkpoint-2", "trainer_log.jsonl",
-         "train_results.json", "training_args.yaml", "training_loss.png"}
+         "train_results.json", "training_args.yaml", "training_loss.png", ".softprompt_outputs.json"}
 # 20 rows, 4 held out: 16 train = 2 updates per epoch of 4 x 2 accumulation; 3 updates cross an epoch.
 COMMON = dict(max_steps=3, gradient_accumulation_steps=2, save_steps=2, val_size=4, eval_steps=2,
               per_device_eval_batch_size=2, plot_loss="true", seed=7)

@@ -139,3 +139,78 @@ def test_resume_errors_are_one_line(tiny_dir, data_dir, uninterrupted, tmp_path,
     refused("no optimizer.pt", resume_from_checkpoint=str(broken))
     refused("adapter.embedding.weight has shape (4, 64), this run's has (6, 64)", resume_from_checkpoint=str(uninterrupted / "checkpoint-55"),
             num_virtual_tokens=6)
+
+
+def test_resume_true_skips_an_incomplete_newest_checkpoint(tiny_dir, data_dir, tmp_path, caplog, capsys):
+    """The newest checkpoint lacks a file: the log line names it, and the run resumes from the newest complete one."""
+    flags = dict(max_steps=4, save_steps=1, per_device_train_batch_size=2, logging_steps=1)
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(train_flags(tiny_dir, data_dir, a, **flags)) == 0
+    interrupt_at(a, b, 3)
+    (b / "checkpoint-3" / "optimizer.pt").unlink()
+    with caplog.at_level("INFO", logger="softprompt"):
+        assert main(train_flags(tiny_dir, data_dir, b, resume_from_checkpoint="true", **flags)) == 0
+    said = [r.getMessage() for r in caplog.records if "incomplete" in r.getMessage()]
+    assert len(said) == 1 and "checkpoint-3" in said[0] and "optimizer.pt" in said[0] and "checkpoint-2" in said[0]
+    assert any("resuming from" in r.getMessage() and "checkpoint-2 at step 2" in r.getMessage() for r in caplog.records)
+    assert log_rows(b) == log_rows(a)
+    same_adapter(b, a)
+    assert all((b / "checkpoint-3" / name).is_file() for name in STATE_FILES)  # saved again, complete
+    for step in (1, 2, 3):
+        (b / f"checkpoint-{step}" / "rng_state.pth").unlink()
+    assert main(train_flags(tiny_dir, data_dir, b, resume_from_checkpoint="true", **flags)) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "no complete checkpoint-N folder" in line and "checkpoint-3 has no rng_state.pth" in line, line
+
+
+@pytest.mark.parametrize("edit, parts", [
+    ({"global_step": "x"}, ["'global_step' must be a non-negative integer, got 'x'"]),
+    ({"global_step": -1}, ["'global_step' must be a non-negative integer, got -1"]),
+    ({"global_step": True}, ["'global_step' must be a non-negative integer"]),
+    ({"global_step": 99}, ["'global_step' 99 is beyond this run's 4 updates"]),
+    ({"losses": ["a", 1.0]}, ["'losses' must be a list of finite numbers"]),
+    ({"losses": 3}, ["'losses' must be a list of finite numbers"]),
+    ({"losses": [1.0]}, ["'losses' holds 1 values for 'global_step' 2"]),
+    ({"pending": [None]}, ["'pending' must be a list of finite numbers"]),
+    ({"eval_loss": "low"}, ["'eval_loss' must be a number or null"]),
+    ({"train_tokens": -5}, ["'train_tokens' must be a non-negative integer"]),
+    ({"best_step": 1.5}, ["'best_step' must be a non-negative integer"]),
+    ({"args": [1]}, ["'args' must be an object"]),
+    ([1, 2], ["expected a JSON object, got list"]),
+    ("not json", ["not valid JSON"]),
+])
+def test_hand_edited_trainer_state_is_one_line(tiny_dir, data_dir, tmp_path, capsys, edit, parts):
+    flags = dict(max_steps=4, save_steps=2, per_device_train_batch_size=2)
+    out = tmp_path / "out"
+    assert main(train_flags(tiny_dir, data_dir, out, **flags)) == 0
+    state_path = out / "checkpoint-2" / "trainer_state.json"
+    state = json.loads(state_path.read_text())
+    if isinstance(edit, dict):
+        state_path.write_text(json.dumps({**state, **edit}))
+    else:
+        state_path.write_text(edit if isinstance(edit, str) else json.dumps(edit))
+    capsys.readouterr()
+    for value in ("true", str(out / "checkpoint-2")):
+        assert main(train_flags(tiny_dir, data_dir, out, resume_from_checkpoint=value, **flags)) == 2
+        err = capsys.readouterr().err
+        lines = [ln for ln in err.splitlines() if ": error: " in ln]
+        assert "Traceback" not in err and len(lines) == 1, err
+        assert str(state_path) in lines[0] and all(p in lines[0] for p in parts), lines[0]
+
+
+def test_a_step_beyond_an_epoch_run_is_refused(tiny_dir, data_dir, tmp_path, capsys):
+    """Without --max_steps the run's length is known once the data is: the step is checked then, before any
+    file of output_dir changes."""
+    flags = dict(max_steps=-1, num_train_epochs=1, save_steps=2, per_device_train_batch_size=4)
+    out = tmp_path / "out"
+    assert main(train_flags(tiny_dir, data_dir, out, **flags)) == 0  # 24 rows / 4: 6 updates
+    state_path = out / "checkpoint-2" / "trainer_state.json"
+    state = json.loads(state_path.read_text())
+    state.update(global_step=50, losses=[1.0] * 50)
+    state_path.write_text(json.dumps(state))
+    log_before = (out / "trainer_log.jsonl").read_text()
+    capsys.readouterr()
+    assert main(train_flags(tiny_dir, data_dir, out, resume_from_checkpoint=str(out / "checkpoint-2"), **flags)) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "'global_step' 50 is beyond this run's 6 updates" in line, line
+    assert (out / "trainer_log.jsonl").read_text() == log_before

@@ -29,8 +29,8 @@ def trained(tiny_dir, tmp_path_factory):
 
 def test_output_holds_adapter_files_only(trained):
     names = sorted(p.name for p in trained.iterdir())
-    assert names == ["adapter_config.json", "adapter_model.safetensors", "train_results.json",
-                     "trainer_log.jsonl", "training_args.yaml"]
+    assert names == [".softprompt_outputs.json", "adapter_config.json", "adapter_model.safetensors",
+                     "train_results.json", "trainer_log.jsonl", "training_args.yaml"]  # + the manifest (issue 16)
     config = json.loads((trained / "adapter_config.json").read_text())
     assert config["peft_type"] == "PROMPT_TUNING" and config["task_type"] == "CAUSAL_LM"
     assert config["num_virtual_tokens"] == 6 and config["token_dim"] == 64

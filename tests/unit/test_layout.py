@@ -11,7 +11,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[2] / "src"
 PACKAGE = SRC / "softprompt"
 LAYERS = [
-    ("defaults", "files", "report", "config", "command_args", "arguments", "checkpoint", "kv"),  # bottom: no imports of softprompt above them
+    ("defaults", "files", "outdir", "report", "config", "command_args", "arguments", "checkpoint", "kv"),  # bottom: no imports of softprompt above them
     ("data", "model"),
     ("methods",),
     ("engine",),

@@ -17,7 +17,7 @@ from .preprocess import (
     tokenize_dataset,
     truncate_prompt,
 )
-from .registry import DatasetSpec, Row, dataset_specs, load_rows, read_dataset_info, read_rows
+from .registry import DatasetSpec, Row, dataset_files, dataset_specs, load_rows, read_dataset_info, read_rows
 from .templates import (
     BUILTIN_TEMPLATES,
     IGNORE_INDEX,
@@ -31,7 +31,7 @@ from .templates import (
 __all__ = [
     "ANSWER_ROLES", "BUILTIN_TEMPLATES", "IGNORE_INDEX", "PROMPT_ROLES",
     "ChatTemplate", "Conversation", "DataError", "DatasetSpec", "Example", "Row",
-    "check_turns", "collate", "dataset_specs", "encode_conversation", "encode_prompt",
+    "check_turns", "collate", "dataset_files", "dataset_specs", "encode_conversation", "encode_prompt",
     "infer_seqlen", "left_pad", "load_and_tokenize", "load_conversations", "load_rows",
     "read_dataset_info", "read_rows", "render_prompt", "resolve_template", "split_dataset",
     "to_conversation", "tokenize_dataset", "truncate_prompt",

@@ -100,6 +100,15 @@ def dataset_specs(dataset: str | None, dataset_dir: str | Path) -> list[DatasetS
     return specs
 
 
+def dataset_files(dataset: str | None, dataset_dir: str | Path) -> dict[str, Path]:
+    """Name -> file (or folder of files) of each dataset ``--dataset`` names, as far as dataset_info.json tells;
+    empty when it cannot (loading the data says why)."""
+    try:
+        return {spec.name: spec.path for spec in dataset_specs(dataset, dataset_dir)}
+    except (DataError, OSError):
+        return {}
+
+
 def _str_map(value: Any, what: str, where: str, allowed: dict[str, str]) -> dict[str, str]:
     """``allowed`` updated by the user's mapping ``value`` (checked: known keys, string values)."""
     if value is None:

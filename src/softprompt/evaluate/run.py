@@ -23,6 +23,7 @@ from softprompt.evaluate.tasks import choose_labels, run_classification, run_gen
 from softprompt.inference import Predictor
 from softprompt.files import atomic_write_text
 from softprompt.model import LoadedModel, load_model
+from softprompt.outdir import check_writable
 from softprompt.report import number
 
 log = logging.getLogger("softprompt")
@@ -67,6 +68,7 @@ def run_task(predictor: Predictor, conversations: Sequence[Conversation], data_a
 def evaluate(model_args: ModelArgs, data_args: DataArgs, task: TaskArgs, args: EvalArgs, gen: GenerateArgs,
              lm: LoadedModel | None = None) -> dict[str, Any]:
     """Evaluate the base model and/or each adapter on the dataset; write and return the results."""
+    check_writable(args.output_dir)  # before any loading
     conversations = eval_conversations(data_args, gen.seed)
     labels = choose_labels(conversations, task.labels()) if task.task == "classification" else []
     lm = lm or load_model(model_args.model_name_or_path, model_args.cache_dir)

@@ -12,8 +12,8 @@ import contextlib
 import json
 import logging
 import math
-import shutil
 import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -25,9 +25,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from softprompt import methods
+from softprompt import methods, outdir
 from softprompt.config import ArgumentError, DataArgs, MethodArgs, ModelArgs, TrainArgs, as_dict
-from softprompt.data import IGNORE_INDEX, collate, load_and_tokenize
+from softprompt.data import IGNORE_INDEX, collate, dataset_files, load_and_tokenize
 from softprompt.files import atomic_write_text
 from softprompt.engine.forward import AdaptedLM, batch_loss, enable_gradient_checkpointing, prefix_of
 from softprompt.model import LoadedModel, load_model, model_folder_as_base
@@ -54,24 +54,35 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
-def check_output_dir(args: TrainArgs) -> None:
-    out = Path(args.output_dir)
-    if out.exists() and not out.is_dir():
-        raise ArgumentError(f"--output_dir {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not args.overwrite_output_dir and not args.resume_from_checkpoint:
-        raise ArgumentError(f"--output_dir {out} is not empty; pass --overwrite_output_dir to replace it")
+def check_output_dir(args: TrainArgs, model_args: ModelArgs, data_args: DataArgs,
+                     writes: Callable[[str], bool] = outdir.run_writes) -> None:
+    """--output_dir can be written and may be used by this run (:func:`softprompt.outdir.check_output_dir`:
+    none of the run's inputs, not a non-empty current directory, not empty only with --overwrite_output_dir or
+    --resume_from_checkpoint, no file softprompt did not write under a name in ``writes``); before any loading."""
+    inputs = outdir.run_inputs(model_args, data_args, dataset_files(data_args.dataset, data_args.dataset_dir))
+    outdir.check_output_dir(args.output_dir, args.overwrite_output_dir, bool(args.resume_from_checkpoint), inputs,
+                            writes)
 
 
-def fresh_output_dir(args: TrainArgs, *subfolders: str) -> Path:
-    """``args.output_dir`` emptied (after :func:`check_output_dir`) with ``subfolders`` created in it: the
-    folder of a job that runs several trainings (compare, sweep)."""
-    check_output_dir(args)
+def clear_output_dir(out: Path) -> None:
+    """--overwrite_output_dir: remove what softprompt wrote in ``out``; one log line names what stays."""
+    kept = outdir.clear(out)
+    if kept:
+        log.info("--overwrite_output_dir: kept %d file(s) in %s that softprompt did not write: %s", len(kept), out,
+                 ", ".join(kept[:5]) + (", ..." if len(kept) > 5 else ""))
+
+
+def fresh_output_dir(args: TrainArgs, model_args: ModelArgs, data_args: DataArgs, names: Collection[str],
+                     *subfolders: str) -> Path:
+    """``args.output_dir`` (checked by :func:`check_output_dir`; ``names``: what the job writes in it) without what
+    softprompt wrote there, with ``subfolders`` created and listed in it: the folder of a job that runs several
+    trainings (compare, sweep)."""
+    check_output_dir(args, model_args, data_args, lambda name: name in names or name in subfolders)
     out = Path(args.output_dir)
-    if out.exists():
-        shutil.rmtree(out)  # --overwrite_output_dir was given (check_output_dir refuses otherwise)
-    out.mkdir(parents=True)
+    clear_output_dir(out)
+    outdir.claim(out, *subfolders)
     for sub in subfolders:
-        (out / sub).mkdir()
+        (out / sub).mkdir(exist_ok=True)
     return out
 
 
@@ -196,9 +207,11 @@ class _Outputs:
         self.main = accelerator.is_main_process
         self.sizes: dict[str, int] = {}
         if self.main:
-            if self.dir.exists() and not args.resume_from_checkpoint:
-                shutil.rmtree(self.dir)  # --overwrite_output_dir was checked before anything was loaded
-            self.dir.mkdir(parents=True, exist_ok=True)  # resuming keeps output_dir and appends to its log
+            if not args.resume_from_checkpoint:
+                clear_output_dir(self.dir)  # --overwrite_output_dir was checked before anything was loaded
+            elif not (self.dir / outdir.MANIFEST).is_file():
+                outdir.adopt(self.dir, outdir.run_writes)  # a run older than manifests: resuming vouches for it
+            outdir.claim(self.dir, "training_args.yaml", "trainer_log.jsonl")  # resuming keeps output_dir and its log
             atomic_write_text(self.dir / "training_args.yaml", yaml.safe_dump(all_args, sort_keys=False))
             self.log_file = open(self.dir / "trainer_log.jsonl", "a", encoding="utf-8")
 
@@ -215,12 +228,20 @@ class _Outputs:
         A checkpoint's ``folder`` is a temporary one that :func:`resume.save_checkpoint` renames into place."""
         if not self.main:
             return
-        methods.save_adapter(self.adapter, folder or self.dir, self.lm.name, self.lm.model, state)
+
+        def write(target: Path) -> None:
+            methods.save_adapter(self.adapter, target, self.lm.name, self.lm.model, state)
+
+        if folder is None:
+            outdir.write_into(self.dir, write)  # each file listed in the manifest before it is moved into place
+        else:
+            write(folder)
 
     def finish(self, result: dict, history: list[dict]) -> None:
         if not self.main:
             return
         self.log_file.close()
+        outdir.claim(self.dir, "train_results.json", *(["training_loss.png"] if self.args.plot_loss else []))
         atomic_write_text(self.dir / "train_results.json", json.dumps(result, indent=2) + "\n")
         if self.args.plot_loss:
             plot_loss(history, self.dir / "training_loss.png")
@@ -252,7 +273,7 @@ class _Run:
 def train(model_args: ModelArgs, data_args: DataArgs, method_args: MethodArgs, args: TrainArgs) -> TrainResult:
     """Train an adapter as the arguments say and write it to ``args.output_dir`` in PEFT's format."""
     method_args = methods.resolve(method_args)  # the method exists and takes these arguments
-    check_output_dir(args)
+    check_output_dir(args, model_args, data_args)
     checkpoint = resume_folder(args)  # --resume_from_checkpoint, checked before anything is loaded
     model_args = model_folder_as_base(model_args)
     torch.manual_seed(args.seed)
@@ -292,7 +313,7 @@ def train(model_args: ModelArgs, data_args: DataArgs, method_args: MethodArgs, a
     state, rng = RunState(), None
     if checkpoint is not None:
         state, rng = restore(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler, args,
-                             accelerator.is_main_process)
+                             accelerator.is_main_process, total)
     outputs = _Outputs(args, lm, adapter, accelerator, as_dict(model_args, data_args, method_args, args))
     outputs.sizes = {"trainable_params": n_params, "all_params": n_all}
     run = _Run(model, optimizer, scheduler, train_loader, val_loader, accelerator, args, total, outputs,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import shutil
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ from typing import Any
 
 import torch
 
+from softprompt import outdir
 from softprompt.checkpoint import CheckpointError
 from softprompt.config import ArgumentError, TrainArgs
 from softprompt.files import atomic_folder, atomic_write_text, one_line
@@ -66,24 +68,45 @@ def checkpoints(output_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
 
+def _missing(folder: Path) -> str | None:
+    """The first training-state file ``folder`` lacks (None: it has them all)."""
+    return next((name for name in STATE_FILES if not (folder / name).is_file()), None)
+
+
+def _newest_complete(output_dir: str) -> Path:
+    """The newest checkpoint-N of ``output_dir`` that has every training-state file; the newer, incomplete ones
+    are named in one log line."""
+    found = checkpoints(output_dir)
+    if not found:
+        raise ArgumentError(f"--resume_from_checkpoint true: no checkpoint-N folder with a {STATE_NAME} "
+                            f"in --output_dir {output_dir} (set --save_steps to write them)")
+    complete = [p for p in found if _missing(p) is None]
+    newest = found[-1]
+    if not complete:
+        raise ArgumentError(f"--resume_from_checkpoint true: no complete checkpoint-N folder in --output_dir "
+                            f"{output_dir} ({newest.name} has no {_missing(newest)})")
+    if complete[-1] != newest:
+        log.warning("--resume_from_checkpoint true: %s is incomplete (no %s); resuming from %s, the newest complete "
+                    "checkpoint", newest.name, _missing(newest), complete[-1].name)
+    return complete[-1]
+
+
 def resume_folder(args: TrainArgs) -> Path | None:
-    """The checkpoint ``--resume_from_checkpoint`` names (``true``: the newest in output_dir), checked
-    before anything is loaded; None when not resuming."""
+    """The checkpoint ``--resume_from_checkpoint`` names (``true``: the newest complete one in output_dir), checked
+    (its files, its trainer_state.json) before anything is loaded; None when not resuming."""
     value = args.resume_from_checkpoint
     if value is None:
         return None
     if value.lower() == "true":
-        found = [p for p in checkpoints(args.output_dir) if (p / STATE_NAME).is_file()]
-        if not found:
-            raise ArgumentError(f"--resume_from_checkpoint true: no checkpoint-N folder with a {STATE_NAME} "
-                                f"in --output_dir {args.output_dir} (set --save_steps to write them)")
-        return found[-1]
-    folder = Path(value)
-    if not folder.is_dir():
-        raise ArgumentError(f"--resume_from_checkpoint {value}: folder not found (give a checkpoint-N folder or true)")
-    missing = [name for name in STATE_FILES if not (folder / name).is_file()]
-    if missing:
-        raise CheckpointError(f"{folder}: no {missing[0]}; not a checkpoint softprompt can resume from")
+        folder = _newest_complete(args.output_dir)
+    else:
+        folder = Path(value)
+        if not folder.is_dir():
+            raise ArgumentError(f"--resume_from_checkpoint {value}: folder not found (give a checkpoint-N folder or "
+                                f"true)")
+        if _missing(folder):
+            raise CheckpointError(f"{folder}: no {_missing(folder)}; not a checkpoint softprompt can resume from")
+    _read_state(folder, args.max_steps if args.max_steps > 0 else None)
     return folder
 
 
@@ -128,21 +151,26 @@ def save_checkpoint(outputs, state: RunState, model: torch.nn.Module, optimizer,
     if not outputs.main:
         return None
     final = outputs.dir / f"checkpoint-{state.step}"
+    if final.exists():
+        outdir.remove_own(outputs.dir, final.name)  # re-saving a step after resuming from an older one
+    outdir.claim(outputs.dir, final.name)  # listed before anything of it is written (its temporary folder too)
 
     def write(staged: Path) -> None:
         outputs.save_adapter(staged)  # the adapter or model folder, as the method writes it
         write_training_state(staged, state, model, optimizer, scheduler, args)
+        outdir.claim(outputs.dir, *(f"{final.name}/{p.relative_to(staged)}" for p in staged.rglob("*")))
 
-    atomic_folder(final, write, existing="replace")  # "replace": re-saving a step after resuming from an older one
+    atomic_folder(final, write, existing="merge")  # "merge": a file softprompt did not write in it stays
     rotate(outputs.dir, args.save_total_limit)
     return final
 
 
 def rotate(output_dir: Path, limit: int | None) -> None:
-    """Keep the newest ``limit`` checkpoint-N folders (all when ``limit`` is None)."""
+    """Keep the newest ``limit`` checkpoint-N folders (all when ``limit`` is None); of the older ones, remove
+    what softprompt wrote."""
     if limit:
         for old in checkpoints(output_dir)[:-limit]:
-            shutil.rmtree(old, ignore_errors=True)
+            outdir.remove_own(output_dir, old.name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,23 +184,67 @@ def _load(path: Path) -> Any:
         raise CheckpointError(f"{path}: unreadable ({one_line(exc)})") from None
 
 
-def _read_state(folder: Path) -> dict[str, Any]:
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _state_problem(state: Any, total: int | None) -> str | None:
+    """What is wrong with the contents of a trainer_state.json (as :func:`_state_json` writes it) for a run of
+    ``total`` updates (None: not known yet), or None."""
+    if not isinstance(state, dict):
+        return f"expected a JSON object, got {type(state).__name__}"
+    step = state.get("global_step")
+    if not _is_count(step):
+        return f"'global_step' must be a non-negative integer, got {one_line(repr(step), 40)}"
+    if total is not None and step > total:
+        return f"'global_step' {step} is beyond this run's {total} updates (--max_steps / --num_train_epochs)"
+    for key in ("losses", "pending"):
+        values = state.get(key, [])
+        if not isinstance(values, list) or not all(_is_number(v) for v in values):
+            return f"'{key}' must be a list of finite numbers"
+    if "losses" in state and len(state["losses"]) != step:
+        return f"'losses' holds {len(state['losses'])} values for 'global_step' {step}"
+    for key in ("eval_loss", "best_loss"):
+        if state.get(key) is not None and not _is_number(state[key]):
+            return f"'{key}' must be a number or null, got {one_line(repr(state[key]), 40)}"
+    for key in ("train_tokens", "best_step", "evals_without_improvement"):
+        if state.get(key) is not None and not _is_count(state[key]):
+            return f"'{key}' must be a non-negative integer, got {one_line(repr(state[key]), 40)}"
+    if not isinstance(state.get("args", {}), dict):
+        return "'args' must be an object"
+    return None
+
+
+def _read_state(folder: Path, total: int | None = None) -> dict[str, Any]:
+    """A checkpoint's trainer_state.json, checked (hand-edited ones included); ``total``: the run's updates,
+    which its step may not pass."""
     path = folder / STATE_NAME
     try:
         state = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise CheckpointError(f"{path}: not valid JSON ({one_line(exc, 120)})") from None
-    if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
-        raise CheckpointError(f"{path}: expected an object with an integer 'global_step'")
+    problem = _state_problem(state, total)
+    if problem:
+        raise CheckpointError(f"{path}: {problem}")
     return state
+
+
+def _tensors(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(v, torch.Tensor) for v in value.values())
 
 
 def _restore_params(folder: Path, model: torch.nn.Module) -> Any:
     """Copy the saved trainable parameters into ``model``; returns the saved best adapter state."""
     saved = _load(folder / TRAINABLE_NAME)
     params = saved.get("params") if isinstance(saved, dict) else None
-    if not isinstance(params, dict):
-        raise CheckpointError(f"{folder / TRAINABLE_NAME}: expected a dict with 'params'")
+    best = saved.get("best_state") if isinstance(saved, dict) else None
+    if not _tensors(params) or not (best is None or _tensors(best)):
+        raise CheckpointError(f"{folder / TRAINABLE_NAME}: expected a dict with 'params' (and 'best_state' or None), "
+                              f"each a dict of tensors")
     ours = {name: p for name, p in model.named_parameters() if p.requires_grad}
     if set(params) != set(ours):
         extra = sorted(set(params) ^ set(ours))[0]
@@ -184,21 +256,23 @@ def _restore_params(folder: Path, model: torch.nn.Module) -> Any:
                 raise ArgumentError(f"--resume_from_checkpoint {folder}: {name} has shape {tuple(params[name].shape)}, "
                                     f"this run's has {tuple(p.shape)}; resume with the same arguments")
             p.copy_(params[name])
-    return saved.get("best_state")
+    return best
 
 
 def restore(folder: Path, model: torch.nn.Module, optimizer, scheduler, args: TrainArgs,
-            main: bool) -> tuple[RunState, Rng]:
+            main: bool, total: int | None = None) -> tuple[RunState, Rng]:
     """Load a checkpoint's parameters, optimizer and scheduler into this run (``model`` unwrapped) and
     return its run state, with the random state to put back once the loop starts (:func:`continue_from`).
     On the main process, keep output_dir's log up to the checkpoint's step (the state's history) and
-    remove temporary folders a kill left. Call before output_dir's log is opened."""
-    saved = _read_state(folder)
+    remove temporary folders a kill left. Call before output_dir's log is opened. ``total``: the run's updates,
+    which the checkpoint's step may not pass."""
+    saved = _read_state(folder, total)
     best_state = _restore_params(folder, model)
+    rng = _load_rng(folder / RNG_NAME)
     try:
         optimizer.load_state_dict(_load(folder / OPTIMIZER_NAME))
         scheduler.load_state_dict(_load(folder / SCHEDULER_NAME))
-    except (ValueError, KeyError, RuntimeError) as exc:
+    except (ValueError, KeyError, RuntimeError, TypeError, AttributeError, IndexError) as exc:
         raise CheckpointError(f"{folder}: optimizer or scheduler state does not fit this run ({exc})") from None
     step = saved["global_step"]
     for name, value in saved.get("args", {}).items():
@@ -210,7 +284,22 @@ def restore(folder: Path, model: torch.nn.Module, optimizer, scheduler, args: Tr
         _clean_temporaries(Path(args.output_dir))
         state.history = _trim_log(Path(args.output_dir) / "trainer_log.jsonl", step)
     log.info("resuming from %s at step %d", folder, step)
-    return state, _load(folder / RNG_NAME)
+    return state, rng
+
+
+def _load_rng(path: Path) -> Rng:
+    """``rng_state.pth``, checked by putting each state in place and back."""
+    rng = _load(path)
+    python, cpu = random.getstate(), torch.get_rng_state()
+    try:
+        random.setstate(tuple(rng["python"]) if isinstance(rng["python"], list) else rng["python"])
+        torch.set_rng_state(rng["torch"])
+    except (TypeError, ValueError, KeyError, RuntimeError, IndexError) as exc:
+        raise CheckpointError(f"{path}: not a random state softprompt wrote ({one_line(exc, 120)})") from None
+    finally:
+        random.setstate(python)
+        torch.set_rng_state(cpu)
+    return rng
 
 
 def _run_state(saved: dict[str, Any], best_state: Any) -> RunState:
@@ -240,7 +329,7 @@ def continue_from(stream: Iterator, skip: int, rng: Rng) -> None:
 def _clean_temporaries(output_dir: Path) -> None:
     """Remove the ``.checkpoint-N.XXXX`` folders a killed run left behind."""
     for tmp in output_dir.glob(".checkpoint-*"):
-        if tmp.is_dir():
+        if tmp.is_dir() and outdir.TEMPORARY_CHECKPOINT.fullmatch(tmp.name):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -253,7 +342,8 @@ def _trim_log(path: Path, step: int) -> list[dict]:
                 row = json.loads(line)
             except ValueError:
                 continue  # a line cut by the kill
-            if isinstance(row, dict) and int(row.get("current_steps", 0)) <= step:
+            steps = row.get("current_steps", 0) if isinstance(row, dict) else None
+            if isinstance(steps, int) and steps <= step:  # a row edited out of shape is dropped like a cut one
                 rows.append(row)
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
     return rows
