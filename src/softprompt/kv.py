@@ -6,6 +6,12 @@ model over the prompt embeddings gives them; a batch then uses ``expand`` views 
 
 Prefixes of different tasks are stacked row by row (``stack_prefixes``) for a mixed-task batch.
 
+Every cache made here holds plain layers, whatever the model's config says: a sliding-window
+layer (Mistral, Gemma 2/3, Qwen2, Phi-3) would keep only its last ``window - 1`` columns, cutting
+the prefix short and, once rows of different lengths are padded, cutting a row's own columns by the
+padding of others. The model still masks each layer to its window (from its config); the columns
+must only hold each row's prefix and tokens next to each other (:func:`right_align`).
+
 This sits at the bottom layer (next to config and checkpoint) because methods build their
 prefixes with it (prefix tuning's text init) and the engine runs batches with it.
 """
@@ -54,22 +60,18 @@ class PrefixKV:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
 
-    def expand(self, batch_size: int, config=None, read_only: bool = False) -> DynamicCache:
+    def expand(self, batch_size: int, *, read_only: bool = False) -> DynamicCache:
         """A cache holding this prefix for ``batch_size`` rows: ``expand`` views, no per-row compute.
 
         ``read_only``: the rows' K/V are not appended (:class:`SharedPrefixLayer`); for passes
-        that do not generate after the rows (training, scoring).
+        that do not generate after the rows (training, scoring). The layers are plain, whatever
+        the model (see the module's docstring).
         """
         data = [
             (k.expand(batch_size, -1, -1, -1), v.expand(batch_size, -1, -1, -1))  # (B, nkv, L, hs)
             for k, v in zip(self.keys, self.values)
         ]
-        cache = DynamicCache(ddp_cache_data=data, config=config)
-        if read_only:
-            for layer in cache.layers:
-                if type(layer) is DynamicLayer:  # sliding-window layers keep their own update
-                    layer.__class__ = SharedPrefixLayer
-        return cache
+        return plain_cache(data, read_only)
 
     def detach(self) -> PrefixKV:
         return PrefixKV([k.detach() for k in self.keys], [v.detach() for v in self.values])
@@ -83,7 +85,7 @@ def build_prefix(model: PreTrainedModel, prompt_embeds: torch.Tensor) -> PrefixK
     L = prompt_embeds.shape[0]
     decoder = model.get_decoder()
     with _not_checkpointed(decoder):  # the prompt is one short row; its replay would refill the cache
-        return _prefill(decoder, prompt_embeds, L, model.config)
+        return _prefill(decoder, prompt_embeds, L)
 
 
 @contextlib.contextmanager
@@ -99,13 +101,13 @@ def _not_checkpointed(module: torch.nn.Module):
             m.gradient_checkpointing = True
 
 
-def _prefill(decoder, prompt_embeds: torch.Tensor, L: int, config) -> PrefixKV:
+def _prefill(decoder, prompt_embeds: torch.Tensor, L: int) -> PrefixKV:
     embeds = prompt_embeds.unsqueeze(0).to(decoder.dtype if hasattr(decoder, "dtype") else prompt_embeds.dtype)
     out = decoder(
         inputs_embeds=embeds,  # (1, L, d)
         attention_mask=torch.ones(1, L, dtype=torch.long, device=embeds.device),
         position_ids=torch.arange(L, device=embeds.device).unsqueeze(0),
-        past_key_values=DynamicCache(config=config),
+        past_key_values=plain_cache(),  # all L columns in every layer, sliding or not
         use_cache=True,
     )
     cache = out.past_key_values
@@ -113,15 +115,57 @@ def _prefill(decoder, prompt_embeds: torch.Tensor, L: int, config) -> PrefixKV:
                     anchor=out.last_hidden_state)
 
 
+def plain_cache(data=None, read_only: bool = False) -> DynamicCache:
+    """A cache of plain layers (no sliding-window trimming), filled with ``data`` (per layer (K, V),
+    each (B, nkv, S, hs)) when given; ``read_only``: layers that never keep what the rows add."""
+    cache = DynamicCache(ddp_cache_data=data) if data is not None else DynamicCache()
+    if read_only:
+        for layer in cache.layers:
+            layer.__class__ = SharedPrefixLayer
+    return cache
+
+
+def roll_rows(x: torch.Tensor, shift: torch.Tensor, dim: int) -> torch.Tensor:
+    """Each row ``b`` of ``x`` rotated right by ``shift[b]`` along ``dim`` (what leaves the end comes back in front).
+
+    ``x`` is (B, ...) and ``shift`` (B,) long; the result has ``x``'s shape.
+    """
+    n = x.shape[dim]
+    index = (torch.arange(n, device=x.device)[None, :] - shift.to(x.device)[:, None]) % n  # (B, n)
+    shape = [1] * x.dim()
+    shape[0], shape[dim] = x.shape[0], n
+    return x.gather(dim, index.view(shape).expand_as(x))
+
+
+def right_align(cache: DynamicCache, mask: torch.Tensor) -> tuple[DynamicCache, torch.Tensor]:
+    """Move each row's columns right until its last real column is the cache's last one.
+
+    ``mask`` (B, C) marks each row's real columns (a prefix and its tokens, next to each other, with
+    padding before and after them). Afterwards all padding is in front, so the tokens generated next
+    come right after each row's own: a column distance is a position distance, as the model's
+    index-based masks (causal, sliding window) assume. Returns the cache (changed in place) and the
+    moved mask (B, C).
+    """
+    C = mask.shape[1]
+    last = C - 1 - mask.flip(1).long().argmax(1)  # (B,) each row's last real column
+    shift = (C - 1 - last).where(mask.any(1), torch.zeros_like(last))  # (B,)
+    if not bool(shift.any()):
+        return cache, mask
+    for layer in cache.layers:
+        layer.keys = roll_rows(layer.keys, shift, dim=2)  # (B, nkv, C, hs)
+        layer.values = roll_rows(layer.values, shift, dim=2)
+    return cache, roll_rows(mask, shift, dim=1)
+
+
 def stack_prefixes(
-    prefixes: list[PrefixKV | None], config=None
+    prefixes: list[PrefixKV | None], read_only: bool = False
 ) -> tuple[DynamicCache | None, torch.Tensor, torch.Tensor]:
     """One cache for rows whose prefixes differ (mixed tasks): each left-padded to the longest.
 
     Returns the cache (B rows, ``Lmax`` columns; ``None`` when no row has a prefix), the prefix
     mask (B, Lmax) with 0 on padding columns, and each row's prefix length (B,) — where its
     real tokens' positions start. Rows sharing one PrefixKV object share its tensors as the
-    source of one copy; nothing is recomputed.
+    source of one copy; nothing is recomputed. ``read_only`` as for :meth:`PrefixKV.expand`.
     """
     lengths = torch.tensor([p.length if p is not None else 0 for p in prefixes], dtype=torch.long)
     Lmax = int(lengths.max()) if len(prefixes) else 0
@@ -141,4 +185,4 @@ def stack_prefixes(
         data.append((keys, values))
     cols = torch.arange(Lmax)
     mask = (cols[None, :] >= (Lmax - lengths)[:, None]).long()  # (B, Lmax)
-    return DynamicCache(ddp_cache_data=data, config=config), mask, lengths
+    return plain_cache(data, read_only), mask, lengths

@@ -165,6 +165,21 @@ def load_model(name_or_path: str, cache_dir: str | None = None, dtype: torch.dty
     return LoadedModel(model=model, tokenizer=tokenizer, name=name_or_path, gguf=gguf)
 
 
+def lm_logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
+    """fp32 logits (..., V) of final hidden states (..., d), as the model's own forward computes them: the LM
+    head, then what the config asks for after it: Cohere's ``logit_scale``, Granite's ``logits_scaling``, the final
+    soft-capping of Gemma 2 / 3 (``c * tanh(logits / c)``)."""
+    cfg = model.config.get_text_config()
+    logits = model.get_output_embeddings()(hidden).float()
+    if getattr(cfg, "logit_scale", None):
+        logits = logits * cfg.logit_scale
+    if getattr(cfg, "logits_scaling", None):
+        logits = logits / cfg.logits_scaling
+    if getattr(cfg, "final_logit_softcapping", None):
+        logits = torch.tanh(logits / cfg.final_logit_softcapping) * cfg.final_logit_softcapping
+    return logits
+
+
 def context_length(model: PreTrainedModel) -> int:
     """The most positions the model takes (its config's ``max_position_embeddings``; 2048 when it has none)."""
     return int(getattr(model.config.get_text_config(), "max_position_embeddings", 2048))

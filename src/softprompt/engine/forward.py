@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from softprompt.data import IGNORE_INDEX
-from softprompt.kv import PrefixKV, build_prefix
+from softprompt.kv import PrefixKV, build_prefix, plain_cache, right_align, roll_rows, stack_prefixes
 from softprompt.methods import of
+from softprompt.model import lm_logits
 
 
 def positions_after(attention_mask: torch.Tensor, offset: int) -> torch.Tensor:
@@ -21,36 +24,58 @@ def positions_after(attention_mask: torch.Tensor, offset: int) -> torch.Tensor:
     return offset + (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def prefix_cache(
+    prefix: PrefixKV | Sequence[PrefixKV | None] | None, B: int, read_only: bool = False
+) -> tuple[DynamicCache | None, torch.Tensor, torch.Tensor]:
+    """(cache or None, prefix mask (B, Lmax), each row's prefix length (B,)) for one prefix shared by the
+    ``B`` rows (expanded views), one per row (:func:`~softprompt.kv.stack_prefixes`), or none."""
+    if isinstance(prefix, PrefixKV):
+        L = prefix.length
+        return prefix.expand(B, read_only=read_only), torch.ones(B, L, dtype=torch.long), torch.full((B,), L)
+    return stack_prefixes(list(prefix) if prefix is not None else [None] * B, read_only)
+
+
+def _to_front(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B,) how many padding columns stand before each row's first real token (0 for right padding)."""
+    return (attention_mask.long().cumsum(-1) == 0).sum(-1)
+
+
 def decoder_hidden(
     model: PreTrainedModel,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
-    prefix: PrefixKV | None = None,
+    prefix: PrefixKV | Sequence[PrefixKV | None] | None = None,
     return_cache: bool = False,
 ):
-    """Final hidden states (B, T, d) of ``input_ids`` (B, T) after an optional shared prefix.
+    """Final hidden states (B, T, d) of ``input_ids`` (B, T) after an optional prefix.
 
-    With a prefix of length L the rows attend to its expanded K/V, the mask gets L ones in front
-    and positions start at L. With ``return_cache`` the filled cache is returned too.
+    ``prefix`` is one PrefixKV for every row, one per row (mixed tasks) or None. A row's mask gets its
+    prefix's ones in front and its positions start at its prefix length. Rows may be left- or
+    right-padded: they run with their tokens right after their prefix (padding moved behind them),
+    so a column distance is a position distance and no row's sliding window moves; the hidden
+    states come back in the caller's layout. With ``return_cache`` it returns ``(hidden, cache,
+    cache_mask)``: the filled cache with every row's columns right-aligned (:func:`right_align`, so
+    generated tokens follow the row's own) and its mask (B, C).
     """
-    B = input_ids.shape[0]
-    if prefix is None:
-        cache, full_mask, offset = None, attention_mask, 0
-    else:
-        offset = prefix.length
-        cache = prefix.expand(B, model.config, read_only=not return_cache)
-        ones = torch.ones(B, offset, dtype=attention_mask.dtype, device=attention_mask.device)
-        full_mask = torch.cat([ones, attention_mask], dim=1)  # (B, L + T)
+    B, T = input_ids.shape
+    device = input_ids.device
+    cache, prefix_mask, lengths = prefix_cache(prefix, B, read_only=not return_cache)
+    lead = _to_front(attention_mask)  # (B,)
+    moved = bool(lead.any())
+    if moved:  # real tokens to the front of the block, right after the prefix
+        input_ids, attention_mask = roll_rows(input_ids, -lead, 1), roll_rows(attention_mask, -lead, 1)
+    full_mask = torch.cat([prefix_mask.to(device=device, dtype=attention_mask.dtype), attention_mask], dim=1)
     out = model.get_decoder()(
         input_ids=input_ids,
-        attention_mask=full_mask,
-        position_ids=positions_after(attention_mask, offset),
-        past_key_values=cache,
+        attention_mask=full_mask,  # (B, Lmax + T)
+        position_ids=positions_after(attention_mask, 0) + lengths.to(device)[:, None],  # (B, T)
+        past_key_values=cache if cache is not None else (plain_cache() if return_cache else None),
         use_cache=return_cache,  # a read-only prefix cache is read all the same
     )
+    hidden = roll_rows(out.last_hidden_state, lead, 1) if moved else out.last_hidden_state  # caller's layout
     if return_cache:
-        return out.last_hidden_state, out.past_key_values
-    return out.last_hidden_state
+        return (hidden, *right_align(out.past_key_values, full_mask))
+    return hidden
 
 
 def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
@@ -77,7 +102,7 @@ def labelled_loss(model: PreTrainedModel, hidden: torch.Tensor, labels: torch.Te
     targets = labels[:, 1:]  # (B, T-1)
     selected = targets != IGNORE_INDEX
     h = hidden[:, :-1][selected]  # (N, d)
-    logits = model.get_output_embeddings()(h).float()  # (N, V)
+    logits = lm_logits(model, h)  # (N, V)
     loss_sum = F.cross_entropy(logits, targets[selected], reduction="sum")
     return loss_sum, int(selected.sum())
 

@@ -6,11 +6,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import PreTrainedModel
 
 from softprompt.data.collate import left_pad
 from softprompt.defaults import MAX_NEW_TOKENS
-from softprompt.kv import PrefixKV, stack_prefixes
+from softprompt.engine.forward import decoder_hidden, lm_logits
+from softprompt.kv import PrefixKV
 
 
 def pick_next(
@@ -44,17 +45,6 @@ class SamplingParams:
     seed: int | None = None
 
 
-def _prefix_cache(prefix, B: int, config, device) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
-    """(cache, prefix mask (B, Lmax), per-row prefix length (B,)) for a shared, per-row or no prefix."""
-    if isinstance(prefix, PrefixKV):
-        L = prefix.length
-        return prefix.expand(B, config), torch.ones(B, L, dtype=torch.long), torch.full((B,), L)
-    if prefix is None:
-        prefix = [None] * B
-    cache, mask, lengths = stack_prefixes(list(prefix), config)
-    return (cache if cache is not None else DynamicCache(config=config)), mask, lengths
-
-
 def _pick_rows(logits: torch.Tensor, params: list[SamplingParams], generators: list) -> torch.Tensor:
     """Next token per row (B,): vectorised argmax for greedy rows, per-row sampling for the rest."""
     token = logits.argmax(-1)
@@ -79,29 +69,26 @@ def generate(
     """Generate for a batch of prompts; returns the new ids of each row, EOS excluded.
 
     ``prefix`` is one PrefixKV shared by all rows (expanded views), or one per row (mixed
-    tasks: left-padded to the longest and masked), or None. Rows are left-padded and their
-    positions start at their own prefix length, so a row's output does not depend on the
-    others. ``params`` is one :class:`SamplingParams` for every row or one per row (None: the
+    tasks: left-padded to the longest and masked), or None. Rows are left-padded, their
+    positions start at their own prefix length and their tokens sit right after their prefix in
+    the cache (:func:`~softprompt.engine.forward.decoder_hidden`), so a row's output does not
+    depend on the others, sliding windows included. ``params`` is one :class:`SamplingParams` for every row or one per row (None: the
     defaults, greedy); a sampled row with a ``seed`` draws from its own generator, the others all
     from ``generator`` (shared, in row order; None: torch's global one).
     ``on_token(row, token_id)`` is called as each token is produced; returning True stops
     that row (stop strings).
     """
     device = next(model.parameters()).device
-    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    decoder = model.get_decoder()
     B = len(prompts)
     if params is None:
         params = SamplingParams()
     rows = [params] * B if isinstance(params, SamplingParams) else list(params)
     generators = [torch.Generator().manual_seed(p.seed) if p.seed is not None else generator for p in rows]
     ids, mask = (t.to(device) for t in left_pad(prompts, pad_token_id))  # (B, T)
-    cache, prefix_mask, offsets = _prefix_cache(prefix, B, model.config, device)
-    full_mask = torch.cat([prefix_mask.to(device), mask], dim=1)  # (B, Lmax + T)
-    positions = offsets.to(device)[:, None] + (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
-    hidden = decoder(input_ids=ids, attention_mask=full_mask, position_ids=positions,
-                     past_key_values=cache, use_cache=True).last_hidden_state
-    logits = head(hidden[:, -1]).float()  # (B, V)
-    next_pos = positions[:, -1:] + 1  # (B, 1)
+    hidden, cache, full_mask = decoder_hidden(model, ids, mask, prefix, return_cache=True)  # full_mask (B, C)
+    logits = lm_logits(model, hidden[:, -1])  # (B, V): each row's last token (left padding)
+    next_pos = full_mask.sum(-1, keepdim=True)  # (B, 1): prefix + prompt, the next token's position
     eos = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long, device=device)
     limits = torch.tensor([p.max_new_tokens for p in rows], device=device)
     finished = limits <= 0
@@ -120,6 +107,6 @@ def generate(
         full_mask = torch.cat([full_mask, torch.ones(B, 1, dtype=full_mask.dtype, device=device)], dim=1)
         hidden = decoder(input_ids=token[:, None], attention_mask=full_mask, position_ids=next_pos,
                          past_key_values=cache, use_cache=True).last_hidden_state
-        logits = head(hidden[:, -1]).float()
+        logits = lm_logits(model, hidden[:, -1])
         next_pos = next_pos + 1
     return out

@@ -20,8 +20,8 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel
 
 from softprompt.data import left_pad
-from softprompt.engine.forward import decoder_hidden, positions_after
-from softprompt.kv import PrefixKV
+from softprompt.engine.forward import decoder_hidden, lm_logits
+from softprompt.kv import PrefixKV, plain_cache
 
 
 def label_token_ids(tokenizer, label_words: Sequence[str]) -> list[list[int]]:
@@ -55,15 +55,15 @@ def extend_prefix(model: PreTrainedModel, prefix: PrefixKV | None, ids: Sequence
         return prefix
     device = next(model.parameters()).device
     row = torch.as_tensor(list(ids), device=device)[None]  # (1, C)
-    _, cache = decoder_hidden(model, row, torch.ones_like(row), prefix, return_cache=True)
+    _, cache, _ = decoder_hidden(model, row, torch.ones_like(row), prefix, return_cache=True)
     return PrefixKV([layer.keys for layer in cache.layers], [layer.values for layer in cache.layers])
 
 
-def _repeat_cache(cache: DynamicCache, times: int, config) -> DynamicCache:
+def _repeat_cache(cache: DynamicCache, times: int) -> DynamicCache:
     """A new cache whose row ``b * times + k`` is row ``b`` of ``cache`` (each K/V (B, nkv, S, hs))."""
     data = [(layer.keys.repeat_interleave(times, 0), layer.values.repeat_interleave(times, 0))
             for layer in cache.layers]  # (B * times, nkv, S, hs)
-    return DynamicCache(ddp_cache_data=data, config=config)
+    return plain_cache(data)
 
 
 @torch.no_grad()
@@ -81,11 +81,10 @@ def score_labels(
     label's token count. Prompts are left-padded, so padding moves no position.
     """
     device = next(model.parameters()).device
-    head = model.get_output_embeddings()
     ids, mask = (t.to(device) for t in left_pad(prompts, pad_token_id))  # (B, T)
     B, K = ids.shape[0], len(labels)
-    hidden, cache = decoder_hidden(model, ids, mask, prefix, return_cache=True)  # (B, T, d)
-    first = F.log_softmax(head(hidden[:, -1]).float(), dim=-1)  # (B, V)
+    hidden, cache, cache_mask = decoder_hidden(model, ids, mask, prefix, return_cache=True)  # (B, T, d), (B, C)
+    first = F.log_softmax(lm_logits(model, hidden[:, -1]), dim=-1)  # (B, V)
     scores = first[:, [label[0] for label in labels]]  # (B, K)
     lengths = torch.tensor([len(label) for label in labels], device=device)  # (K,)
     M = int(lengths.max())
@@ -93,18 +92,16 @@ def score_labels(
         lab = torch.zeros(K, M, dtype=torch.long, device=device)  # (K, M), right-padded
         for k, label in enumerate(labels):
             lab[k, :len(label)] = torch.as_tensor(label, device=device)
-        L = prefix.length if prefix is not None else 0
-        start = positions_after(mask, L)[:, -1] + 1  # (B,) position of the first label token
+        start = cache_mask.sum(-1)  # (B,) position of the first label token: after the prefix and the prompt
         feed = lab[:, :-1].repeat(B, 1)  # (B*K, M-1): label tokens 0..M-2 predict 1..M-1
-        full_mask = torch.cat([torch.ones(B, L, dtype=mask.dtype, device=device), mask,
-                               torch.ones(B, M - 1, dtype=mask.dtype, device=device)], dim=1)
+        full_mask = torch.cat([cache_mask, torch.ones(B, M - 1, dtype=cache_mask.dtype, device=device)], dim=1)
         positions = start[:, None] + torch.arange(M - 1, device=device)  # (B, M-1)
         out = model.get_decoder()(
-            input_ids=feed, attention_mask=full_mask.repeat_interleave(K, 0),  # (B*K, L+T+M-1)
+            input_ids=feed, attention_mask=full_mask.repeat_interleave(K, 0),  # (B*K, C+M-1)
             position_ids=positions.repeat_interleave(K, 0),
-            past_key_values=_repeat_cache(cache, K, model.config), use_cache=True,
+            past_key_values=_repeat_cache(cache, K), use_cache=True,
         ).last_hidden_state  # (B*K, M-1, d)
-        logp = F.log_softmax(head(out).float(), dim=-1)  # (B*K, M-1, V)
+        logp = F.log_softmax(lm_logits(model, out), dim=-1)  # (B*K, M-1, V)
         token_lp = logp.gather(-1, lab[:, 1:].repeat(B, 1)[..., None]).squeeze(-1)  # (B*K, M-1)
         valid = torch.arange(1, M, device=device)[None, :] < lengths[:, None]  # (K, M-1)
         scores = scores + (token_lp.view(B, K, M - 1) * valid).sum(-1)
