@@ -20,6 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from softprompt.checkpoint import is_model_folder
 from softprompt.config import DEFAULT_MODEL, ArgumentError, ModelArgs
 from softprompt.files import atomic_folder, one_line
+from softprompt.kv import plain_cache
 
 log = logging.getLogger("softprompt")
 
@@ -162,13 +163,14 @@ def load_model(name_or_path: str, cache_dir: str | None = None, dtype: torch.dty
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
     model.requires_grad_(False)
+    check_supported(model, name_or_path)
     return LoadedModel(model=model, tokenizer=tokenizer, name=name_or_path, gguf=gguf)
 
 
 def lm_logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
     """fp32 logits (..., V) of final hidden states (..., d), as the model's own forward computes them: the LM
     head, then what the config asks for after it: Cohere's ``logit_scale``, Granite's ``logits_scaling``, the final
-    soft-capping of Gemma 2 / 3 (``c * tanh(logits / c)``)."""
+    soft-capping of Gemma 2 / 3 (``c * tanh(logits / c)``). :func:`unsupported` checks it against the forward."""
     cfg = model.config.get_text_config()
     logits = model.get_output_embeddings()(hidden).float()
     if getattr(cfg, "logit_scale", None):
@@ -178,6 +180,63 @@ def lm_logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
     if getattr(cfg, "final_logit_softcapping", None):
         logits = torch.tanh(logits / cfg.final_logit_softcapping) * cfg.final_logit_softcapping
     return logits
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal up to the rounding of the model's dtype (relative to ``b``'s largest value)."""
+    tol = 1e-4 if b.dtype in (torch.float32, torch.float64) else 3e-2
+    return bool((a.float() - b.float()).abs().max() <= tol * (b.float().abs().max() + 1e-6))
+
+
+@torch.no_grad()
+def unsupported(model: PreTrainedModel) -> str | None:
+    """Why softprompt's engine cannot run ``model`` (None: it can), found by a few passes over three tokens.
+
+    The engine needs what every prefix method and batched generation rest on: the decoder takes
+    ``attention_mask``, ``position_ids`` and a key/value cache and fills every layer of it; padding
+    in front of a row changes nothing in it; a row continued from the cache equals the row run
+    whole; and the LM head on the final hidden states gives the model's own logits.
+    """
+    decoder = model.get_decoder()
+    device = next(model.parameters()).device
+    ids = (torch.arange(3, 6, device=device) % model.get_input_embeddings().num_embeddings)[None]  # (1, 3)
+
+    def run(tokens, mask, positions, cache=None):
+        out = decoder(input_ids=tokens, attention_mask=mask, position_ids=positions,
+                      past_key_values=plain_cache() if cache is None else cache, use_cache=True)
+        return out.last_hidden_state, getattr(out, "past_key_values", None)
+
+    ones, positions = torch.ones_like(ids), torch.arange(3, device=device)[None]
+    try:
+        whole, cache = run(ids, ones, positions)
+        layers = getattr(cache, "layers", None)
+        if not layers or any(getattr(l, "keys", None) is None or l.keys.dim() != 4 or l.keys.shape[-2] != 3
+                             for l in layers):
+            return ("its layers keep no key/value cache of every token (state-space, recurrent or shared-KV "
+                    "layers), and softprompt runs every prompt method as a prefix of keys and values")
+        pad = torch.zeros(1, 2, dtype=ids.dtype, device=device)
+        padded, _ = run(torch.cat([pad, ids], 1), torch.cat([pad, ones], 1), torch.cat([pad, positions], 1))
+        _, head = run(ids[:, :2], ones[:, :2], positions[:, :2])
+        tail, _ = run(ids[:, 2:], ones, positions[:, 2:], head)
+        own = model(input_ids=ids, attention_mask=ones, use_cache=False).logits
+    except Exception as exc:  # a decoder that takes other inputs raises its own kind of error
+        return ("its decoder does not run with an attention mask, position ids and a key/value cache "
+                f"({type(exc).__name__}: {one_line(exc)})")
+    if not _close(padded[:, 2:], whole):
+        return "padding in front of a row changes its hidden states (it does not take positions from position_ids)"
+    if not _close(tail, whole[:, 2:]):
+        return "a row continued from its key/value cache differs from the row run whole"
+    if not _close(lm_logits(model, whole), own):
+        return "its forward changes the LM head's logits in a way softprompt does not reproduce"
+    return None
+
+
+def check_supported(model: PreTrainedModel, name: str) -> None:
+    """An ArgumentError naming ``name`` and the reason when softprompt cannot run ``model`` (:func:`unsupported`)."""
+    why = unsupported(model)
+    if why is not None:
+        kind = getattr(model.config, "model_type", None) or type(model).__name__
+        raise ArgumentError(f"{name}: softprompt cannot run this {kind} model: {why}")
 
 
 def context_length(model: PreTrainedModel) -> int:

@@ -114,7 +114,7 @@ def check_compatible(config: dict[str, Any], base: PreTrainedModel, base_name: s
                      metadata: dict[str, str] | None = None) -> None:
     """Refuse an adapter trained for a base of another shape (its config's dimensions, and the
     hidden size / vocabulary recorded in ``metadata`` by softprompt); warn when only the name differs."""
-    hidden = base.config.get_text_config().hidden_size
+    width = base.get_input_embeddings().weight.shape[1]  # the prompt's token_dim (OPT-350m: not the hidden size)
     ours = base_metadata(base)
     trained_for = config.get("base_model_name_or_path")
     for key, what in (("base_hidden_size", "hidden size"), ("base_vocab_size", "vocabulary")):
@@ -125,13 +125,16 @@ def check_compatible(config: dict[str, Any], base: PreTrainedModel, base_name: s
                 f"{ours[key]} (trained for {trained_for!r})")
     token_dim = config.get("token_dim")
     spec = by_peft_type(str(config.get("peft_type")))
+    why = spec.base_problem(base) if spec is not None and spec.base_problem is not None else None
+    if why:
+        raise CheckpointError(f"{where}: a {spec.peft_type} adapter cannot work on {base_name}: {why}")
     if spec is not None and spec.incompatibility is not None:  # the method knows its own shapes (prefix tuning)
         reason = spec.incompatibility(config, base)
         if reason:
             raise CheckpointError(f"{where}: {reason}; it was trained for {trained_for!r}")
-    elif token_dim is not None and int(token_dim) != hidden:
+    elif token_dim is not None and int(token_dim) != width:
         raise CheckpointError(f"{where}: adapter token_dim {token_dim} does not match {base_name}'s hidden size "
-                              f"{hidden}; it was trained for {trained_for!r}")
+                              f"{width}; it was trained for {trained_for!r}")
     if trained_for and trained_for != base_name and Path(str(trained_for)).name != Path(base_name).name:
         log.warning("%s was trained on %r; using it with %r", where, trained_for, base_name)
 

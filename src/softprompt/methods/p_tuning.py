@@ -22,7 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from softprompt.checkpoint import CheckpointError
 from softprompt.config import DEFAULT_NUM_VIRTUAL_TOKENS, MethodArgs
 from softprompt.methods.prompt_tuning import PROMPT_FIELDS, peft_prompt_config, saved_prompt
-from softprompt.methods.spec import OPTIONAL_COUNT, ConfigField, MethodSpec, register
+from softprompt.methods.spec import OPTIONAL_COUNT, ConfigField, MethodSpec, register, soft_input_problem
 
 PEFT_TYPE = "P_TUNING"
 STATE_KEY = "prompt_embeddings"
@@ -149,5 +149,6 @@ SPEC = register(MethodSpec(
     arguments=("num_virtual_tokens", "encoder_reparameterization_type", "encoder_hidden_size", "encoder_num_layers",
                "encoder_dropout"),
     default_length=DEFAULT_NUM_VIRTUAL_TOKENS, config_fields=CONFIG_FIELDS, check_state=saved_encoded_prompt,
+    base_problem=soft_input_problem,
 ))
 PTuning.method = SPEC  # a module made by the class itself knows its method too

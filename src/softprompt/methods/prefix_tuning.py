@@ -28,13 +28,39 @@ PEFT_TYPE = "PREFIX_TUNING"
 STATE_KEY = "prompt_embeddings"
 
 
+def _cached_shapes(base: PreTrainedModel) -> tuple[int, set[tuple[int, int]]]:
+    """(layers, {(n_kv_heads, head_dim)}) of the K/V ``base`` keeps in its cache, read off a one-token pass."""
+    embed = base.get_input_embeddings()
+    with torch.no_grad():
+        prefix = build_prefix(base, embed(torch.zeros(1, dtype=torch.long, device=embed.weight.device)))
+    return len(prefix.keys), {(t.shape[1], t.shape[3]) for t in (*prefix.keys, *prefix.values)}
+
+
+def kv_problem(base: PreTrainedModel) -> str | None:
+    """Why no prefix of PEFT's layout fits ``base`` (None: one does): its layers keep K/V of different shapes."""
+    return _differ(_cached_shapes(base)[1])
+
+
+def _differ(shapes: set[tuple[int, int]]) -> str | None:
+    if len(shapes) == 1:
+        return None
+    return (f"its layers keep keys and values of different (heads, head_dim) {sorted(shapes)}, and a prefix holds one "
+            "shape for every layer (PEFT leaves the other layers without it): use prompt_tuning or p_tuning")
+
+
 def kv_shape(base: PreTrainedModel) -> tuple[int, int, int]:
-    """``(num_layers, n_kv_heads, head_dim)`` of ``base``, as PEFT provisions a prefix for it."""
-    cfg = base.config.get_text_config()
-    heads = cfg.num_attention_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
-    return cfg.num_hidden_layers, kv_heads, head_dim
+    """``(num_layers, n_kv_heads, head_dim)`` of the K/V ``base`` keeps in its cache, as PEFT provisions a prefix.
+
+    Read off the cache of a one-token pass, not the config: a config does not always say (multi-query
+    Falcon keeps one K/V head whatever ``num_kv_heads`` says; Gemma sets ``head_dim`` apart from the
+    hidden size). ArgumentError for a model whose layers differ (:func:`kv_problem`).
+    """
+    layers, shapes = _cached_shapes(base)
+    why = _differ(shapes)
+    if why:
+        raise ArgumentError(f"--finetuning_type prefix_tuning cannot work on this {base.config.model_type} model: {why}")
+    (kv_heads, head_dim), = shapes
+    return layers, kv_heads, head_dim
 
 
 class PrefixTuning(nn.Module):
@@ -213,5 +239,6 @@ SPEC = register(MethodSpec(
     arguments=("num_virtual_tokens", "prompt_tuning_init", "prompt_tuning_init_text", "encoder_hidden_size",
                "prefix_projection"),
     default_length=DEFAULT_NUM_VIRTUAL_TOKENS, config_fields=CONFIG_FIELDS, check_state=saved_prefix,
+    base_problem=kv_problem,
 ))
 PrefixTuning.method = SPEC  # a module made by the class itself knows its method too

@@ -16,7 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from softprompt.checkpoint import CheckpointError
 from softprompt.config import DEFAULT_NUM_VIRTUAL_TOKENS, ArgumentError, MethodArgs
 from softprompt.files import one_line
-from softprompt.methods.spec import OPTIONAL_COUNT, ConfigField, MethodSpec, register
+from softprompt.methods.spec import OPTIONAL_COUNT, ConfigField, MethodSpec, register, soft_input_problem
 
 PEFT_TYPE = "PROMPT_TUNING"
 STATE_KEY = "prompt_embeddings"
@@ -172,5 +172,6 @@ SPEC = register(MethodSpec(
     name="prompt_tuning", kind="prompt", build=create, peft_type=PEFT_TYPE, from_checkpoint=PromptTuning.from_checkpoint,
     arguments=("num_virtual_tokens", "prompt_tuning_init", "prompt_tuning_init_text"),
     default_length=DEFAULT_NUM_VIRTUAL_TOKENS, config_fields=PROMPT_FIELDS, check_state=saved_prompt,
+    base_problem=soft_input_problem,
 ))
 PromptTuning.method = SPEC  # a module made by the class itself knows its method too

@@ -21,7 +21,7 @@ from torch import nn
 
 from softprompt.checkpoint import CheckpointError
 from softprompt.config import ArgumentError, MethodArgs
-from softprompt.model import context_length
+from softprompt.model import check_supported, context_length
 
 log = logging.getLogger("softprompt")
 
@@ -91,6 +91,9 @@ class MethodSpec:
     config_fields: Mapping[str, ConfigField] = dataclasses.field(default_factory=dict)
     """The adapter_config.json fields ``from_checkpoint`` reads and what each may hold; ``read_adapter`` checks
     them before the method sees the config."""
+    base_problem: Callable[[Any], str | None] | None = None
+    """``base_problem(base)``: why the method cannot work on this base model at all (None: it can); a module is
+    neither created nor loaded for such a base."""
     check_state: Callable[[dict[str, Any], dict[str, torch.Tensor], str], None] | None = None
     """``check_state(config, state, where)``: raise CheckpointError unless the tensors have the names and shapes
     the (checked) config gives; ``read_adapter`` calls it once, before the folder is used."""
@@ -113,7 +116,12 @@ class MethodSpec:
     def create(self, base, tokenizer, args: MethodArgs, generator: torch.Generator) -> nn.Module:
         """A new trainable module for ``base``, initialised as ``args`` say; it carries this spec. A prompt or
         prefix that leaves no room in the model's context for the text is refused (before it is built, when
-        --num_virtual_tokens gives its length)."""
+        --num_virtual_tokens gives its length), and so is a base softprompt cannot run (:func:`check_supported`)."""
+        check_supported(base, getattr(base, "name_or_path", None) or "the base model")
+        why = self.base_problem(base) if self.base_problem is not None else None
+        if why:
+            raise ArgumentError(f"--finetuning_type {self.name} cannot work on this "
+                                f"{getattr(base.config, 'model_type', 'base')} model: {why}")
         if self.kind != "weights" and args.num_virtual_tokens is not None:
             _check_fits(base, args.num_virtual_tokens, f"--num_virtual_tokens {args.num_virtual_tokens}")
         module = self.build(base, tokenizer, args, generator)
@@ -128,6 +136,14 @@ class MethodSpec:
         if self.from_checkpoint is None:
             raise CheckpointError(f"{where}: a {self.name} result is a model folder, not an adapter")
         return _stamp(self.from_checkpoint(config, state, where, base=base, trainable=trainable), self)
+
+
+def soft_input_problem(base) -> str | None:
+    """Why ``base`` cannot take a soft prompt, embeddings that are no token's (None: it can)."""
+    if getattr(base.config.get_text_config(), "hidden_size_per_layer_input", None):  # Gemma 3n, Gemma 4 E2B/E4B
+        return ("its layers also look up each token's own per-layer embedding (hidden_size_per_layer_input), "
+                "which a virtual token does not have")
+    return None
 
 
 def _check_fits(base, length: int, what: str) -> None:
