@@ -161,7 +161,7 @@ def quantization_config(bits: int):
                               bnb_4bit_compute_dtype=torch.float32)
 
 
-def _quantized(bits: int | None) -> dict:
+def quantization_kwargs(bits: int | None) -> dict:
     """``from_pretrained`` arguments for ``--quantization_bit``: the config and, on a GPU, the device to
     quantize on (bitsandbytes quantizes as the weights move there; this process's GPU under torchrun)."""
     if bits is None:
@@ -172,6 +172,17 @@ def _quantized(bits: int | None) -> dict:
     return kwargs
 
 
+def keep_differentiable(model: PreTrainedModel) -> PreTrainedModel:
+    """Turn off bitsandbytes' CPU repacking of 4-bit weights: on a CPU with AVX512-BF16 an eval-mode ``Linear4bit``
+    that once sees an input without grad (validation, generation, the first layer's token embeddings) repacks its
+    weight for a bf16 inference kernel that has no backward, and from then on no gradient crosses that layer (the
+    soft prompt's gradient is lost). Without it every product dequantizes and runs in the compute dtype."""
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+    return model
+
+
 def load_model(name_or_path: str, cache_dir: str | None = None, dtype: torch.dtype = torch.float32,
                quantization_bit: int | None = None) -> LoadedModel:
     """Load a frozen base model (eval mode, no grad) and its tokenizer from the same source; with
@@ -179,7 +190,7 @@ def load_model(name_or_path: str, cache_dir: str | None = None, dtype: torch.dty
     folder, gguf = resolve_source(name_or_path)
     if gguf is not None:
         folder = str(convert_gguf(gguf, cache_dir))
-    quantize = _quantized(quantization_bit)  # bitsandbytes missing is refused before the slow part
+    quantize = quantization_kwargs(quantization_bit)  # bitsandbytes missing is refused before the slow part
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=dtype, **quantize)
@@ -195,6 +206,7 @@ def load_model(name_or_path: str, cache_dir: str | None = None, dtype: torch.dty
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
     model.requires_grad_(False)
+    keep_differentiable(model)
     return LoadedModel(model=model, tokenizer=tokenizer, name=name_or_path, gguf=gguf,
                        quantization_bit=quantization_bit)
 
