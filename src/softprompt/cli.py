@@ -48,6 +48,9 @@ def _setup_logging() -> None:
     transformers.utils.logging.disable_progress_bar()
     # peft still calls transformers' old gradient-checkpointing names; nothing a user can act on
     warnings.filterwarnings("ignore", message=".*deprecated and will be removed in v6", category=FutureWarning)
+    # bitsandbytes (--quantization_bit) says at import that an optional hub-downloaded CPU kernel is absent;
+    # softprompt never downloads at run time, and its own kernels run instead
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 def cmd_train(argv: list[str]) -> int:
@@ -82,7 +85,7 @@ def cmd_chat(argv: list[str]) -> int:
     from softprompt.inference import Predictor
 
     predictor = Predictor.load(model_args.model_name_or_path, model_args.adapter_name_or_path,
-                               chat_args.template, model_args.cache_dir)
+                               chat_args.template, model_args.cache_dir, model_args.quantization_bit)
     if chat_args.query is not None:
         print(predictor.chat([{"role": "user", "content": chat_args.query}], gen, chat_args.system))
         return 0
@@ -138,7 +141,7 @@ def cmd_predict(argv: list[str]) -> int:
     data_args.require_dataset()
     conversations = load_conversations(data_args, gen.seed)
     predictor = Predictor.load(model_args.model_name_or_path, model_args.adapter_name_or_path,
-                               data_args.template, model_args.cache_dir)
+                               data_args.template, model_args.cache_dir, model_args.quantization_bit)
     out = Path(pred_args.output_dir) / "generated_predictions.jsonl"
     rows = predictor.predict(conversations, gen, pred_args.per_device_eval_batch_size, out)
     print(f"wrote {len(rows)} predictions to {out}")
@@ -160,7 +163,8 @@ def cmd_serve(argv: list[str]) -> int:
 
     with _bind(serve_args.host, serve_args.port) as sock:  # a busy port fails now, not after the model loaded
         predictor = MultiTaskPredictor.load(model_args.model_name_or_path, serve_args.prompts_dir,
-                                            serve_args.max_prefix_cache_mb, serve_args.template, model_args.cache_dir)
+                                            serve_args.max_prefix_cache_mb, serve_args.template, model_args.cache_dir,
+                                            model_args.quantization_bit)
         app = create_app(predictor, serve_args.api_key, serve_args.max_batch_size, serve_args.batch_window_ms,
                          serve_args.max_queue, max_messages=serve_args.max_messages)
         log.info("serving %s with tasks %s on http://%s:%d/v1", predictor.lm.name,

@@ -184,7 +184,8 @@ def run_compare(plan: ComparePlan) -> dict[str, Any]:
             if "error" not in row:
                 bar.set_description(f"compare: loading {method}" + (" and scoring it" if convs else ""))
                 if lm is None:  # loaded once; a first answer warms it up, so no method pays for that
-                    lm = load_model(plan.model.model_name_or_path, plan.model.cache_dir)
+                    lm = load_model(plan.model.model_name_or_path, plan.model.cache_dir,
+                                    quantization_bit=plan.model.quantization_bit)
                     Predictor(lm, None, plan.data.template).chat(question, GenerateArgs(max_new_tokens=8))
                 row.update(_switch_and_score(plan, lm, out, question, eval_data, convs, labels))
             else:

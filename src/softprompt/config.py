@@ -40,6 +40,14 @@ class ModelArgs:
     """Where converted GGUF models are cached (default: $SOFTPROMPT_CACHE or ~/.cache/softprompt)."""
     trust_remote_code: bool = False
     """Accepted for LLaMA-Factory compatibility; remote code is never downloaded."""
+    quantization_bit: int | None = None
+    """Quantize the frozen base's linear layers to 8 bits (LLM.int8()) or 4 bits (NF4) as it loads, through
+    bitsandbytes, on a GPU or on the CPU; the adapter stays fp32 and trains. Prompt methods and lora (QLoRA)."""
+
+    def __post_init__(self) -> None:
+        if self.quantization_bit not in (None, 8, 4):
+            raise ArgumentError(f"--quantization_bit must be 8 or 4 (bitsandbytes' LLM.int8() or NF4), "
+                                f"got {self.quantization_bit}")
 
 
 @dataclass

@@ -39,7 +39,7 @@ class Predictor:
         self.adapter = None
         model, adapter_dir = split_model_folder(lm.name, adapter_dir)
         if model != lm.name:
-            self.lm = load_model(model)
+            self.lm = load_model(model, quantization_bit=lm.quantization_bit)
         elif adapter_dir:
             self.adapter, base = read_adapter(adapter_dir).module(lm.model, lm.name, copy_base=shared_base)
             self.lm = dataclasses.replace(lm, model=base)
@@ -50,9 +50,10 @@ class Predictor:
 
     @classmethod
     def load(cls, model_name_or_path: str, adapter_dir: str | None = None, template: str | None = None,
-             cache_dir: str | None = None) -> Predictor:
+             cache_dir: str | None = None, quantization_bit: int | None = None) -> Predictor:
         model_name_or_path, adapter_dir = split_model_folder(model_name_or_path, adapter_dir)
-        return cls(load_model(model_name_or_path, cache_dir), adapter_dir, template, shared_base=False)
+        lm = load_model(model_name_or_path, cache_dir, quantization_bit=quantization_bit)
+        return cls(lm, adapter_dir, template, shared_base=False)
 
     def prompt_ids(self, messages: Sequence[dict], system: str | None = None, tools: str | None = None) -> list[int]:
         return self.tasks.chat_ids(messages, tools, system)

@@ -2,7 +2,8 @@
 
 Nothing is ever downloaded. A GGUF file is converted by transformers (dequantized to fp32) on
 first use and the result is cached as an ordinary Hugging Face folder, so later loads take
-about a second instead of half a minute.
+about a second instead of half a minute. ``--quantization_bit 8|4`` quantizes the base's linear
+layers as they load (bitsandbytes, through transformers' ``BitsAndBytesConfig``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class LoadedModel:
     name: str
     """What the user asked for (alias, path); written as base_model_name_or_path."""
     gguf: GGUFSource | None = None
+    quantization_bit: int | None = None
+    """8 or 4: the base's linear layers are bitsandbytes' 8-bit / 4-bit layers (None: not quantized)."""
 
     @property
     def eos_token_ids(self) -> list[int]:
@@ -143,28 +146,71 @@ def _cache_error(target: Path, exc: OSError) -> ArgumentError:
                          "name a writable folder with --cache_dir or $SOFTPROMPT_CACHE")
 
 
-def load_model(name_or_path: str, cache_dir: str | None = None, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Load a frozen base model (eval mode, no grad) and its tokenizer from the same source."""
+def quantization_config(bits: int):
+    """transformers' ``BitsAndBytesConfig`` for ``--quantization_bit``, as LLaMA-Factory sets it: LLM.int8()
+    (outliers above 6 kept in 16 bits) for 8, NF4 with double quantization for 4 (the matrix products in fp32;
+    under ``--bf16`` autocast makes them bf16). The LM head, embeddings and norms stay as they are."""
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ArgumentError(f"--quantization_bit {bits} needs the bitsandbytes package: "
+                            "pip install 'softprompt[quantization]' (make setup installs it)")
+    from transformers import BitsAndBytesConfig
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # its CPU backend warns at every 8-bit product
+    if bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.float32)
+
+
+def quantization_kwargs(bits: int | None) -> dict:
+    """``from_pretrained`` arguments for ``--quantization_bit``: the config and, on a GPU, the device to
+    quantize on (bitsandbytes quantizes as the weights move there; this process's GPU under torchrun)."""
+    if bits is None:
+        return {}
+    kwargs = {"quantization_config": quantization_config(bits)}
+    if torch.cuda.is_available():
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
+    return kwargs
+
+
+def keep_differentiable(model: PreTrainedModel) -> PreTrainedModel:
+    """Turn off bitsandbytes' CPU repacking of 4-bit weights: on a CPU with AVX512-BF16 an eval-mode ``Linear4bit``
+    that once sees an input without grad (validation, generation, the first layer's token embeddings) repacks its
+    weight for a bf16 inference kernel that has no backward, and from then on no gradient crosses that layer (the
+    soft prompt's gradient is lost). Without it every product dequantizes and runs in the compute dtype."""
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+    return model
+
+
+def load_model(name_or_path: str, cache_dir: str | None = None, dtype: torch.dtype = torch.float32,
+               quantization_bit: int | None = None) -> LoadedModel:
+    """Load a frozen base model (eval mode, no grad) and its tokenizer from the same source; with
+    ``quantization_bit`` (8 or 4) its linear layers are quantized as they load."""
     folder, gguf = resolve_source(name_or_path)
     if gguf is not None:
         folder = str(convert_gguf(gguf, cache_dir))
+    quantize = quantization_kwargs(quantization_bit)  # bitsandbytes missing is refused before the slow part
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=dtype, **quantize)
     except OSError as exc:
         raise ModelNotFoundError(
             f"model not found: {name_or_path!r} ({str(exc).splitlines()[0]}); softprompt never downloads models"
         ) from None
     except Exception as exc:  # a damaged file: safetensors, tokenizers and json each raise their own type
-        message = one_line(exc)
-        raise ModelNotFoundError(f"{folder}: could not load the model or its tokenizer, a file is damaged "
-                                 f"({type(exc).__name__}: {message})") from None
+        why = f"quantized to {quantization_bit} bits by bitsandbytes" if quantize else "a file is damaged"
+        raise ModelNotFoundError(f"{folder}: could not load the model or its tokenizer, {why} "
+                                 f"({type(exc).__name__}: {one_line(exc)})") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
     model.requires_grad_(False)
+    keep_differentiable(model)
     check_supported(model, name_or_path)
-    return LoadedModel(model=model, tokenizer=tokenizer, name=name_or_path, gguf=gguf)
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name_or_path, gguf=gguf,
+                       quantization_bit=quantization_bit)
 
 
 def lm_logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:

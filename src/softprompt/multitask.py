@@ -86,8 +86,10 @@ class MultiTaskPredictor:
 
     @classmethod
     def load(cls, model_name_or_path: str, prompts_dir: str | None = None, max_prefix_cache_mb: float = 256,
-             template: str | None = None, cache_dir: str | None = None) -> MultiTaskPredictor:
-        return cls(load_model(model_name_or_path, cache_dir), prompts_dir, max_prefix_cache_mb, template)
+             template: str | None = None, cache_dir: str | None = None,
+             quantization_bit: int | None = None) -> MultiTaskPredictor:
+        lm = load_model(model_name_or_path, cache_dir, quantization_bit=quantization_bit)
+        return cls(lm, prompts_dir, max_prefix_cache_mb, template)
 
     def chat_ids(self, messages: Sequence[dict], tools: str | None = None, system: str | None = None) -> list[int]:
         """The prompt's token ids: the chat template (or ``template``) over the turns, ready to answer."""

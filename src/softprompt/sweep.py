@@ -91,7 +91,8 @@ def run_sweep(plan: SweepPlan) -> dict[str, Any]:
     runs = combinations(plan)
     out = fresh_output_dir(plan.train, plan.model, plan.data, {*REPORT_FILES, *(name for name, _, _ in runs)})
     task = plan.task.task
-    lm = load_model(plan.model.model_name_or_path, plan.model.cache_dir) if task != "loss" else None
+    lm = (load_model(plan.model.model_name_or_path, plan.model.cache_dir, quantization_bit=plan.model.quantization_bit)
+          if task != "loss" else None)
     convs = eval_conversations(plan.data, plan.train.seed) if lm is not None else []
     labels = choose_labels(convs, plan.task.labels()) if task == "classification" else []
     rows: list[dict[str, Any]] = []

@@ -71,7 +71,8 @@ def evaluate(model_args: ModelArgs, data_args: DataArgs, task: TaskArgs, args: E
     check_writable(args.output_dir)  # before any loading
     conversations = eval_conversations(data_args, gen.seed)
     labels = choose_labels(conversations, task.labels()) if task.task == "classification" else []
-    lm = lm or load_model(model_args.model_name_or_path, model_args.cache_dir)
+    lm = lm or load_model(model_args.model_name_or_path, model_args.cache_dir,
+                          quantization_bit=model_args.quantization_bit)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []

@@ -283,7 +283,8 @@ def train(model_args: ModelArgs, data_args: DataArgs, method_args: MethodArgs, a
     accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=choose_precision(args, device))
     if not accelerator.is_main_process:
         log.setLevel(logging.WARNING)  # rank 0 reports; the others only warn
-    lm = load_model(model_args.model_name_or_path, model_args.cache_dir)
+    check_quantized(model_args, method_args, args)
+    lm = load_model(model_args.model_name_or_path, model_args.cache_dir, quantization_bit=model_args.quantization_bit)
     data_args.require_dataset()
     train_set, val_set = load_and_tokenize(data_args, lm.tokenizer, args.seed)
     if (args.early_stopping_patience or args.load_best_model_at_end) and not val_set:
@@ -322,6 +323,22 @@ def train(model_args: ModelArgs, data_args: DataArgs, method_args: MethodArgs, a
         return _run(run, state)
     except NonFiniteError as err:
         raise _stopped(run, state, err) from None
+
+
+def check_quantized(model_args: ModelArgs, method_args: MethodArgs, args: TrainArgs) -> None:
+    """``--quantization_bit`` keeps the base frozen in 8 or 4 bits: a method that trains the base's own weights
+    (full, freeze) and the sharding of ``--fsdp`` / ``--deepspeed`` are refused in one line."""
+    bits = model_args.quantization_bit
+    if bits is None:
+        return
+    if methods.get(method_args.finetuning_type).peft_type is None:
+        trainable = ", ".join(s.name for s in methods.REGISTRY.values() if s.peft_type is not None)
+        raise ArgumentError(f"--finetuning_type {method_args.finetuning_type} trains the base's own weights, which "
+                            f"--quantization_bit {bits} stores in {bits} bits: use {trainable} (lora: QLoRA)")
+    if args.fsdp or args.deepspeed:
+        flag = "--fsdp" if args.fsdp else "--deepspeed"
+        raise ArgumentError(f"{flag} does not shard a --quantization_bit base: drop one of the two "
+                            "(a quantized base takes 1/4 to 1/8 of the memory: it may fit one device)")
 
 
 def _initial_adapter(lm: LoadedModel, model_args: ModelArgs, method_args: MethodArgs, seed: int):
