@@ -278,11 +278,19 @@ def unsupported(model: PreTrainedModel) -> str | None:
 
 
 def check_supported(model: PreTrainedModel, name: str) -> None:
-    """An ArgumentError naming ``name`` and the reason when softprompt cannot run ``model`` (:func:`unsupported`)."""
+    """An ArgumentError naming ``name`` and the reason when softprompt cannot run ``model`` (:func:`unsupported`);
+    a model that passed once (``load_model`` checks, adapter creation checks again) is not run again."""
+    if model.__dict__.get(_CHECKED):
+        return
     why = unsupported(model)
     if why is not None:
         kind = getattr(model.config, "model_type", None) or type(model).__name__
         raise ArgumentError(f"{name}: softprompt cannot run this {kind} model: {why}")
+    model.__dict__[_CHECKED] = True
+
+
+_CHECKED = "_softprompt_supported"
+"""Set on a model (its ``__dict__``: not a parameter, not saved) once :func:`check_supported` passed."""
 
 
 def context_length(model: PreTrainedModel) -> int:
