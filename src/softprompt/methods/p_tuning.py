@@ -148,7 +148,7 @@ SPEC = register(MethodSpec(
     name="p_tuning", kind="prompt", build=create, peft_type=PEFT_TYPE, from_checkpoint=PTuning.from_checkpoint,
     arguments=("num_virtual_tokens", "encoder_reparameterization_type", "encoder_hidden_size", "encoder_num_layers",
                "encoder_dropout"),
-    default_length=DEFAULT_NUM_VIRTUAL_TOKENS, config_fields=CONFIG_FIELDS, check_state=saved_encoded_prompt,
+    config_fields=CONFIG_FIELDS, check_state=saved_encoded_prompt,
     base_problem=soft_input_problem,
 ))
 PTuning.method = SPEC  # a module made by the class itself knows its method too

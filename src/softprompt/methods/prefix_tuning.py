@@ -238,7 +238,7 @@ SPEC = register(MethodSpec(
     from_checkpoint=PrefixTuning.from_checkpoint, incompatibility=PrefixTuning.incompatibility, check=check,
     arguments=("num_virtual_tokens", "prompt_tuning_init", "prompt_tuning_init_text", "encoder_hidden_size",
                "prefix_projection"),
-    default_length=DEFAULT_NUM_VIRTUAL_TOKENS, config_fields=CONFIG_FIELDS, check_state=saved_prefix,
+    config_fields=CONFIG_FIELDS, check_state=saved_prefix,
     base_problem=kv_problem,
 ))
 PrefixTuning.method = SPEC  # a module made by the class itself knows its method too

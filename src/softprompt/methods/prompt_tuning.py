@@ -171,7 +171,7 @@ def create(
 SPEC = register(MethodSpec(
     name="prompt_tuning", kind="prompt", build=create, peft_type=PEFT_TYPE, from_checkpoint=PromptTuning.from_checkpoint,
     arguments=("num_virtual_tokens", "prompt_tuning_init", "prompt_tuning_init_text"),
-    default_length=DEFAULT_NUM_VIRTUAL_TOKENS, config_fields=PROMPT_FIELDS, check_state=saved_prompt,
+    config_fields=PROMPT_FIELDS, check_state=saved_prompt,
     base_problem=soft_input_problem,
 ))
 PromptTuning.method = SPEC  # a module made by the class itself knows its method too

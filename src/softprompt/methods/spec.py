@@ -81,8 +81,6 @@ class MethodSpec:
     arguments: tuple[str, ...] = ()
     """The MethodArgs fields it reads; set away from their defaults for another method, they are ignored with a
     warning."""
-    default_length: int | None = None
-    """Virtual tokens when neither --num_virtual_tokens nor an init text gives the length (prompt and prefix kinds)."""
     check: Callable[[MethodArgs], None] | None = None
     """Raise ArgumentError for argument combinations the method cannot honour (before any model is loaded)."""
     incompatibility: Callable[[dict[str, Any], Any], str | None] | None = None
