@@ -1,5 +1,6 @@
 # softprompt: the newcomer's commands.
 #   make demo   set everything up, train a soft prompt on the shipped demo data, then answer with it
+#   make demo-zh   the same in Chinese: data/demo_zh_short_answers.json, answers in the form 「简答：……」
 #   make test   set everything up and run the test suite
 # Both depend on `make setup`, which is idempotent: it creates or reuses .venv and
 # reinstalls only when pyproject.toml changed.
@@ -19,8 +20,9 @@ TORCH_SPEC ?= torch==2.13.0
 endif
 TORCH_PIP_ARGS ?=
 DEMO_OUT ?= output/demo
+DEMO_ZH_OUT ?= output/demo-zh
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup demo demo-zh test test-all bench clean
 
 setup: $(STAMP)
 
@@ -41,6 +43,14 @@ demo: setup
 	@echo "--- with the soft prompt trained on data/demo_short_answers.json:"
 	@$(VENV)/bin/softprompt chat --adapter_name_or_path $(DEMO_OUT) \
 	    --query "Which planet is known as the Red Planet?" --max_new_tokens 40
+
+demo-zh: setup
+	$(VENV)/bin/softprompt train examples/demo_zh.yaml --output_dir $(DEMO_ZH_OUT) --overwrite_output_dir
+	@echo "--- the base model, without the soft prompt:"
+	@$(VENV)/bin/softprompt chat --query "哪颗行星被称为红色星球？" --max_new_tokens 40
+	@echo "--- with the soft prompt trained on data/demo_zh_short_answers.json:"
+	@$(VENV)/bin/softprompt chat --adapter_name_or_path $(DEMO_ZH_OUT) \
+	    --query "哪颗行星被称为红色星球？" --max_new_tokens 40
 
 test: setup
 	$(PY) -m pytest -m "not slow" -q
