@@ -83,11 +83,14 @@ def test_chinese_rows_are_chinese():
 
 
 @pytest.mark.parametrize("name,file,generator,config,target,prefix", DEMOS, ids=IDS)
-def test_config_parses_and_its_data_loads_and_tokenises(monkeypatch, name, file, generator, config, target, prefix):
+def test_config_parses_and_its_data_loads_and_tokenises(monkeypatch, name, file, generator, config, target,
+                                                         prefix):
     monkeypatch.chdir(ROOT)  # the configs' dataset_dir is relative to the repository root, as in the Makefile
-    (model, data, method, train), _ = parse_args([f"examples/{config}"], [ModelArgs, DataArgs, MethodArgs, TrainArgs])
+    classes = [ModelArgs, DataArgs, MethodArgs, TrainArgs]
+    (model, data, method, train), _ = parse_args([f"examples/{config}"], classes)
     assert (model.model_name_or_path, data.dataset, data.dataset_dir) == ("smollm2-135m-instruct", name, "data")
-    assert (method.finetuning_type, method.num_virtual_tokens, method.prompt_tuning_init) == ("prompt_tuning", 20, "text")
+    assert method.finetuning_type == "prompt_tuning" and method.num_virtual_tokens == 20
+    assert method.prompt_tuning_init == "text"
     assert prefix.strip().rstrip(":：") in method.prompt_tuning_init_text
     first_line = (ROOT / "examples" / config).read_text(encoding="utf-8").splitlines()[0]
     assert first_line.startswith(f"# make {target}:") and f"softprompt train examples/{config}" in first_line
