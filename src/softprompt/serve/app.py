@@ -81,9 +81,11 @@ def _handle_errors(app: FastAPI) -> None:
         return _error(error)
 
     @app.exception_handler(HTTPException)
-    async def _http(_: Request, exc: HTTPException):  # unknown path, wrong method, unreadable body
+    async def _http(request: Request, exc: HTTPException):  # unknown path, wrong method, unreadable body
         type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return _error(ServeError(exc.status_code, str(exc.detail), type_))
+        error = ServeError(exc.status_code, str(exc.detail), type_)
+        _note_error(request, error)
+        return _error(error)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
