@@ -1,4 +1,6 @@
-"""Serve a softprompt soft prompt with vLLM, through vLLM's ``prompt_embeds`` input.
+"""Serve a softprompt soft prompt with vLLM, through vLLM's ``prompt_embeds`` input (offline ``LLM``).
+
+Online, against ``vllm serve``: ``softprompt export --format vllm`` and ``examples/vllm_client.py``.
 
     softprompt export --adapter_name_or_path output/demo --format embeddings --output output/demo.safetensors
     python examples/vllm_prompt_embeds.py --model smollm2-135m-instruct --prompt output/demo.safetensors \

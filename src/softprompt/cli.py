@@ -35,7 +35,7 @@ commands:
   sweep     train one prompt per combination of lengths / inits / learning rates, compare them
   compare   train several methods (prompt_tuning ... full) alike; a table, JSON and plot of their costs and scores
   inspect   what a soft prompt holds: sizes, nearest vocabulary tokens, norms
-  export    write a soft prompt as a plain tensor file (--format embeddings) for engines such as vLLM
+  export    write a soft prompt as a tensor file (--format embeddings) or a folder for vLLM (--format vllm)
 
 `softprompt <command> --help` lists the arguments of a command."""
 
@@ -262,13 +262,20 @@ def cmd_inspect(argv: list[str]) -> int:
 
 def cmd_export(argv: list[str]) -> int:
     from softprompt.command_args import ExportArgs
-    from softprompt.export import export_embeddings
+    from softprompt.export import export_embeddings, export_vllm
 
     (args,), _ = parse_args(argv, [ExportArgs], "softprompt export",
-                            "Write a prompt_tuning / p_tuning prompt as a (num_virtual_tokens, hidden_size) tensor "
-                            "file, to feed engines that take prompt embeddings (vLLM's prompt_embeds).")
+                            "Write a prompt_tuning / p_tuning prompt as a (num_virtual_tokens, hidden_size) tensor: "
+                            "one file (--format embeddings), or a folder for vLLM's prompt_embeds (--format vllm).")
     if not args.adapter_name_or_path or not args.output:
-        raise ArgumentError("name the adapter and the file: --adapter_name_or_path DIR --output FILE.safetensors")
+        where = "FOLDER" if args.format == "vllm" else "FILE.safetensors"
+        raise ArgumentError(f"name the adapter and the output: --adapter_name_or_path DIR --output {where}")
+    if args.format == "vllm":
+        path = export_vllm(args.adapter_name_or_path, args.output, args.dtype, args.model_name_or_path)
+        print(f"wrote {path}: prompt_embeds.pt and softprompt_vllm.json for {args.adapter_name_or_path}")
+        return 0
+    if args.model_name_or_path:
+        log.warning("--model_name_or_path is ignored by --format embeddings (the tensor needs no base model)")
     path = export_embeddings(args.adapter_name_or_path, args.output, args.dtype)
     print(f"wrote {path}: prompt_embeds for {args.adapter_name_or_path}")
     return 0

@@ -191,16 +191,25 @@ class ServeArgs:
 class ExportArgs:
     adapter_name_or_path: str | None = None
     """Folder of the trained adapter (PEFT format): prompt_tuning or p_tuning."""
-    format: Literal["embeddings"] = "embeddings"
-    """What to write: 'embeddings', the prompt's (num_virtual_tokens, hidden_size) input embeddings."""
+    format: Literal["embeddings", "vllm"] = "embeddings"
+    """What to write: 'embeddings', the prompt's (num_virtual_tokens, hidden_size) tensor as one file; 'vllm', a
+    folder for `vllm serve --enable-prompt-embeds`: prompt_embeds.pt in the base's dtype, and softprompt_vllm.json
+    (base model, length, dtype, the serve command and the client recipe)."""
     output: str | None = None
-    """File to write: .safetensors (one tensor 'prompt_embeds') or .pt (the tensor, for torch.load)."""
-    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
-    """Precision of the written tensor (cast it to the serving model's dtype here or when loading it)."""
+    """Where to write: for 'embeddings' a .safetensors (one tensor 'prompt_embeds') or .pt file (the tensor, for
+    torch.load); for 'vllm' a folder (created if absent)."""
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Precision of the written tensor; 'auto': fp32 for 'embeddings', the base model's own dtype for 'vllm'."""
+    model_name_or_path: str | None = None
+    """For 'vllm': the base model the prompt was trained on (default: the adapter's base_model_name_or_path)."""
 
     def __post_init__(self) -> None:
-        if self.output is not None and Path(self.output).suffix not in (".safetensors", ".pt"):
+        suffix = Path(self.output).suffix if self.output is not None else ""
+        if self.format == "embeddings" and self.output is not None and suffix not in (".safetensors", ".pt"):
             raise ArgumentError(f"--output {self.output}: name a .safetensors or a .pt file")
+        if self.format == "vllm" and suffix in (".safetensors", ".pt", ".json"):
+            raise ArgumentError(f"--output {self.output}: --format vllm writes a folder (prompt_embeds.pt and "
+                                "softprompt_vllm.json); name a folder")
 
 
 def _process_count(text: Any) -> int:

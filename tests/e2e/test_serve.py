@@ -26,7 +26,8 @@ def setup(tiny_dir, tmp_path_factory):
                                 learning_rate=1e-3, prompt_tuning_init="sample_vocab")) == 0
         for extra in ("trainer_log.jsonl", "train_results.json", "training_args.yaml"):
             (prompts / name / extra).unlink()
-    server = Server(tiny_dir, prompts, "--max_queue", "128", "--max_batch_size", "8")
+    # its output in a file: a log line per request would fill a pipe nobody reads
+    server = Server(tiny_dir, prompts, "--max_queue", "128", "--max_batch_size", "8", log=root / "server.log")
     yield server, prompts, data, root
     server.close()
 
@@ -143,8 +144,9 @@ def test_register_by_path(setup, tmp_path):
 
 
 def test_full_queue_answers_503_at_once_and_sigterm_finishes_in_flight(setup, tiny_dir):
-    _, prompts, *_ = setup
-    server = Server(tiny_dir, prompts, "--max_queue", "1", "--max_batch_size", "1", api_key=None)
+    _, prompts, _, root = setup
+    server = Server(tiny_dir, prompts, "--max_queue", "1", "--max_batch_size", "1", api_key=None,
+                    log=root / "server-503.log")
     try:
         client = server.client()
 

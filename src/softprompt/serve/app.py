@@ -4,9 +4,11 @@
 Errors use OpenAI's JSON shape: unknown task 404, malformed body 400, prompt too long 400,
 bad or missing API key 401, body over the size limit 413, full queue 503, anything unexpected 500
 (logged, without the request). The API key and the size limit are checked in front of every
-route by :class:`~softprompt.serve.guard.Guard`; the number of messages (``max_messages``) before
-any work. Prompts are encoded on a worker thread, never on the event loop, so that no request holds
-up ``/health`` or the others; a refused task or registration path is logged in one line.
+route by :class:`~softprompt.serve.guard.Guard` (``/metrics`` included); the number of messages
+(``max_messages``) before any work. Prompts are encoded on a worker thread, never on the event loop,
+so that no request holds up ``/health`` or the others; a refused task or registration path is logged
+in one line. Every generation request is counted in ``GET /metrics`` and logged in one line by
+:class:`~softprompt.serve.access.AccessLog`.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ import asyncio
 import gc
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from softprompt.data import DataError
@@ -30,8 +33,10 @@ from softprompt.files import one_line
 from softprompt.prompts import TaskUnavailableError, UnknownTaskError
 from softprompt.multitask import ContextLengthError, MultiTaskPredictor, Request as GenRequest, Result
 from softprompt.serve import protocol as P
-from softprompt.serve.batcher import Batcher, QueueFullError
+from softprompt.serve.access import AccessLog, MeteredPredictor, RequestRecord
+from softprompt.serve.batcher import Batcher, Job, QueueFullError
 from softprompt.serve.guard import Guard
+from softprompt.serve.metrics import CONTENT_TYPE, ServeMetrics
 
 log = logging.getLogger("softprompt")
 LOGGED_PARAMS = ("model", "path")
@@ -66,16 +71,21 @@ def _handle_errors(app: FastAPI) -> None:
     async def _serve_error(request: Request, exc: ServeError):
         if exc.param in LOGGED_PARAMS:
             log.warning("%s %s: %d %s", request.method, request.url.path, exc.status, one_line(exc.message, 300))
+        _note_error(request, exc)
         return _error(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError):
-        return _error(_validation_error(exc))
+    async def _invalid(request: Request, exc: RequestValidationError):
+        error = _validation_error(exc)
+        _note_error(request, error)
+        return _error(error)
 
     @app.exception_handler(HTTPException)
-    async def _http(_: Request, exc: HTTPException):  # unknown path, wrong method, unreadable body
+    async def _http(request: Request, exc: HTTPException):  # unknown path, wrong method, unreadable body
         type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return _error(ServeError(exc.status_code, str(exc.detail), type_))
+        error = ServeError(exc.status_code, str(exc.detail), type_)
+        _note_error(request, error)
+        return _error(error)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
@@ -83,12 +93,21 @@ def _handle_errors(app: FastAPI) -> None:
         return _error(ServeError(500, "internal error; the server logged it", "server_error"))
 
 
+def _note_error(request: Request, exc: ServeError) -> None:
+    """Put the error's code (never its message) on the request's record, for its log line."""
+    record: RequestRecord | None = getattr(request.state, "record", None)
+    if record is not None:
+        record.error = exc.code or exc.type
+
+
 def create_app(predictor: MultiTaskPredictor, api_key: str | None = None, max_batch_size: int = 8,
                batch_window_ms: float = 10.0, max_queue: int = 64, max_body_bytes: int = 1 << 20,
                max_messages: int | None = None) -> FastAPI:
     """The app. ``max_messages`` bounds the messages of a chat request (None: one per token of the model's
     context, :func:`~softprompt.serve.protocol.max_messages_for`; never over ``protocol.MAX_MESSAGES``)."""
-    batcher = Batcher(predictor, max_batch_size, batch_window_ms / 1000, max_queue)
+    metrics = ServeMetrics()
+    metered = MeteredPredictor(predictor, metrics, lambda: batcher.waiting())
+    batcher = Batcher(metered, max_batch_size, batch_window_ms / 1000, max_queue)  # type: ignore[arg-type]
     max_messages = min(max_messages or P.max_messages_for(predictor.max_context), P.MAX_MESSAGES)
 
     @asynccontextmanager
@@ -100,14 +119,27 @@ def create_app(predictor: MultiTaskPredictor, api_key: str | None = None, max_ba
         await asyncio.to_thread(batcher.stop)  # requests in flight finish first
 
     app = FastAPI(title="softprompt", lifespan=lifespan)
-    app.state.batcher, app.state.predictor = batcher, predictor
+    app.state.batcher, app.state.predictor, app.state.metrics = batcher, predictor, metrics
 
     _handle_errors(app)
     app.add_middleware(Guard, api_key=api_key, max_body_bytes=max_body_bytes)
+    app.add_middleware(AccessLog, metrics=metrics)  # added last: outside the guard, so its 401s and 413s count
+
+    _info_routes(app, predictor, metrics)
+    _generation_routes(app, Served(batcher, metered, metrics), max_messages)
+    return app
+
+
+def _info_routes(app: FastAPI, predictor: MultiTaskPredictor, metrics: ServeMetrics) -> None:
+    """``/health``, ``/metrics``, ``/v1/models``, ``/v1/prompts``."""
 
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok", "tasks": len(predictor.registry.names())}
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     @app.get("/v1/models")
     async def models() -> dict:
@@ -123,22 +155,30 @@ def create_app(predictor: MultiTaskPredictor, api_key: str | None = None, max_ba
             raise ServeError(400, str(exc), param="path") from None
         return {"id": body.name, "object": "model", "created": 0, "owned_by": "softprompt"}
 
+
+def _generation_routes(app: FastAPI, served: Served, max_messages: int) -> None:
+    """``/v1/chat/completions`` and ``/v1/completions``; each request's record is ``request.state.record``
+    (:class:`~softprompt.serve.access.AccessLog` made it)."""
+    predictor: MultiTaskPredictor = served.metered.predictor
+
     @app.post("/v1/chat/completions")
-    async def chat(body: P.ChatCompletionRequest):
-        _refuse_if_full(batcher)
+    async def chat(body: P.ChatCompletionRequest, http: Request):
+        record: RequestRecord = http.state.record
+        record.stream = bool(body.stream)
+        _refuse_if_full(served.batcher)
         if len(body.messages) > max_messages:
             raise ServeError(400, f"messages: {len(body.messages)} messages, over this server's limit of "
                              f"{max_messages}", code="array_above_max_length", param="messages")
-        request = await asyncio.to_thread(_chat_request, predictor, body)  # encoding must not hold up the loop
-        return await _answer(batcher, body, request, chat=True)
+        request = await asyncio.to_thread(_chat_request, predictor, body, record)  # not on the event loop
+        return await _answer(served, record, body, request, chat=True)
 
     @app.post("/v1/completions")
-    async def complete(body: P.CompletionRequest):
-        _refuse_if_full(batcher)
-        request = await asyncio.to_thread(_completion_request, predictor, body)
-        return await _answer(batcher, body, request, chat=False)
-
-    return app
+    async def complete(body: P.CompletionRequest, http: Request):
+        record: RequestRecord = http.state.record
+        record.stream = bool(body.stream)
+        _refuse_if_full(served.batcher)
+        request = await asyncio.to_thread(_completion_request, predictor, body, record)
+        return await _answer(served, record, body, request, chat=False)
 
 
 def _refuse_if_full(batcher: Batcher) -> None:
@@ -148,7 +188,29 @@ def _refuse_if_full(batcher: Batcher) -> None:
                          "overloaded")
 
 
-def _chat_request(predictor: MultiTaskPredictor, body: P.ChatCompletionRequest) -> GenRequest:
+@dataclass
+class Served:
+    """What answering a generation request needs: the batcher, the metered predictor in front of the
+    engine, the metrics."""
+
+    batcher: Batcher
+    metered: MeteredPredictor
+    metrics: ServeMetrics
+
+    def submit(self, request: GenRequest, record: RequestRecord, on_text: Callable[[str], None] | None = None) -> Job:
+        """Queue ``request`` (503 when the queue is full), its first text timed into ``record``."""
+        self.metered.track(request, record)
+        try:
+            job = self.batcher.submit(request, on_text=on_text)
+        except QueueFullError as exc:
+            self.metered.untrack(request)
+            raise ServeError(503, str(exc), "server_error", "overloaded") from None
+        record.queued = True
+        self.metrics.request_queued(record.task)
+        return job
+
+
+def _chat_request(predictor: MultiTaskPredictor, body: P.ChatCompletionRequest, record: RequestRecord) -> GenRequest:
     """The generation request of a chat body: its messages through the chat template (on a worker thread)."""
     messages = [m.model_dump() for m in body.messages]
     try:
@@ -161,18 +223,19 @@ def _chat_request(predictor: MultiTaskPredictor, body: P.ChatCompletionRequest) 
         raise ServeError(400, "tools: nested too deeply", param="tools") from None
     except DataError as exc:
         raise ServeError(400, str(exc), param="messages") from None
-    return _request(predictor, body, ids)
+    return _request(predictor, body, ids, record)
 
 
-def _completion_request(predictor: MultiTaskPredictor, body: P.CompletionRequest) -> GenRequest:
+def _completion_request(predictor: MultiTaskPredictor, body: P.CompletionRequest, record: RequestRecord) -> GenRequest:
     try:
         check_unicode(body.prompt, "prompt")
     except DataError as exc:
         raise ServeError(400, str(exc), param="prompt") from None
-    return _request(predictor, body, predictor.text_ids(body.prompt))
+    return _request(predictor, body, predictor.text_ids(body.prompt), record)
 
 
-def _request(predictor: MultiTaskPredictor, body: P._Sampling, ids: list[int]) -> GenRequest:
+def _request(predictor: MultiTaskPredictor, body: P._Sampling, ids: list[int], record: RequestRecord) -> GenRequest:
+    """The generation request; ``record.task`` is set once the task is known to exist."""
     max_tokens = body.max_completion_tokens or body.max_tokens or P.DEFAULT_MAX_TOKENS
     params = SamplingParams(max_tokens, body.temperature, body.top_p, body.top_k, body.seed)
     request = GenRequest(body.model, ids, params, body.stop_list())
@@ -184,32 +247,35 @@ def _request(predictor: MultiTaskPredictor, body: P._Sampling, ids: list[int]) -
     except TaskUnavailableError as exc:
         raise ServeError(400, str(exc), param="model") from None
     except ContextLengthError as exc:
+        record.task = body.model
         raise ServeError(400, str(exc), code="context_length_exceeded", param="messages") from None
+    record.task = body.model
     return request
 
 
-async def _answer(batcher: Batcher, body: P._Sampling, request: GenRequest, chat: bool):
+def _usage(result: Result) -> P.Usage:
+    return P.Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+                   total_tokens=result.prompt_tokens + result.completion_tokens)
+
+
+async def _answer(served: Served, record: RequestRecord, body: P._Sampling, request: GenRequest, chat: bool):
     if body.stream:
-        return StreamingResponse(_stream(batcher, request, body.model, chat), media_type="text/event-stream")
+        return StreamingResponse(_stream(served, record, request, body.model, chat), media_type="text/event-stream")
+    job = served.submit(request, record)
     try:
-        job = batcher.submit(request)
-    except QueueFullError as exc:
-        raise ServeError(503, str(exc), "server_error", "overloaded") from None
-    result: Result = await batcher.result(job)
-    usage = P.Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
-                    total_tokens=result.prompt_tokens + result.completion_tokens)
+        result: Result = await served.batcher.result(job)
+    finally:
+        served.metered.untrack(request)
+    record.answered(result)
     make = P.chat_response if chat else P.completion_response
-    return make(body.model, result.text, result.finish_reason, usage)
+    return make(body.model, result.text, result.finish_reason, _usage(result))
 
 
-def _stream(batcher: Batcher, request: GenRequest, model: str, chat: bool) -> AsyncIterator[str]:
+def _stream(served: Served, record: RequestRecord, request: GenRequest, model: str, chat: bool) -> AsyncIterator[str]:
     """Server-sent events: one chunk per piece of final text, then the finish chunk and [DONE]."""
     loop = asyncio.get_running_loop()
     deltas: asyncio.Queue[str | None] = asyncio.Queue()
-    try:
-        job = batcher.submit(request, on_text=lambda d: loop.call_soon_threadsafe(deltas.put_nowait, d))
-    except QueueFullError as exc:
-        raise ServeError(503, str(exc), "server_error", "overloaded") from None
+    job = served.submit(request, record, on_text=lambda d: loop.call_soon_threadsafe(deltas.put_nowait, d))
     job.future.add_done_callback(lambda _: loop.call_soon_threadsafe(deltas.put_nowait, None))
     cid = P.new_id("chatcmpl" if chat else "cmpl")
 
@@ -221,16 +287,17 @@ def _stream(batcher: Batcher, request: GenRequest, model: str, chat: bool) -> As
                 chunk = P.chat_chunk(cid, model, {"content": delta}) if chat else P.completion_chunk(cid, model, delta)
                 yield _sse(chunk)
             result: Result = job.future.result()
-            usage = P.Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
-                            total_tokens=result.prompt_tokens + result.completion_tokens)
-            final = (P.chat_chunk(cid, model, {}, result.finish_reason, usage) if chat
+            record.answered(result)
+            final = (P.chat_chunk(cid, model, {}, result.finish_reason, _usage(result)) if chat
                      else P.completion_chunk(cid, model, "", result.finish_reason))
             yield _sse(final)
             yield "data: [DONE]\n\n"
         except Exception as exc:  # the stream has begun: report in-band, OpenAI style
+            record.error = "server_error"
             yield _sse(P.error_body(str(exc), "server_error"))
         finally:
             job.cancelled = True
+            served.metered.untrack(request)
 
     return events()
 

@@ -60,6 +60,9 @@ class Batcher:
     def max_queue(self) -> int:
         return self._queue.maxsize
 
+    def waiting(self) -> int:
+        return self._queue.qsize()
+
     def full(self) -> bool:
         """Whether a request submitted now would be refused."""
         return self._queue.full()
