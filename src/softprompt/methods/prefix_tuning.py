@@ -22,7 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from softprompt.checkpoint import CheckpointError
 from softprompt.config import DEFAULT_NUM_VIRTUAL_TOKENS, ArgumentError, MethodArgs
 from softprompt.kv import PrefixKV, build_prefix
-from softprompt.methods.spec import COUNT, OPTIONAL_COUNT, ConfigField, MethodSpec, register
+from softprompt.methods.spec import COUNT, OPTIONAL_COUNT, ConfigField, MethodSpec, Recipe, register
 
 PEFT_TYPE = "PREFIX_TUNING"
 STATE_KEY = "prompt_embeddings"
@@ -240,5 +240,6 @@ SPEC = register(MethodSpec(
                "prefix_projection"),
     config_fields=CONFIG_FIELDS, check_state=saved_prefix,
     base_problem=kv_problem,
+    recipe=Recipe(learning_rate=3e-2, lr_scheduler_type="constant"),
 ))
 PrefixTuning.method = SPEC  # a module made by the class itself knows its method too
