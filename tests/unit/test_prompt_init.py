@@ -151,3 +151,38 @@ def test_label_init_refuses_answers_that_are_no_label_set():
     with pytest.raises(ArgumentError, match="--prompt_tuning_init label needs the task's label words: give "
                                             "--label_words"):
         _init(prompt_tuning_init="label")
+
+
+def _sentiment_dataset(folder):
+    import json
+
+    folder.mkdir(parents=True)
+    rows = [{"instruction": "Classify the sentiment.", "input": text, "output": label}
+            for text, label in [("a great film", "positive"), ("dull and long", "negative"),
+                                ("fine acting", "positive"), ("a mess", "negative")]]
+    (folder / "senti.json").write_text(json.dumps(rows))
+    (folder / "dataset_info.json").write_text(json.dumps({"senti": {"file_name": "senti.json"}}))
+    return folder
+
+
+def test_training_takes_the_labels_and_the_instruction_from_its_dataset(tiny_dir, tmp_path, caplog):
+    from safetensors import safe_open
+    from transformers import AutoTokenizer
+
+    from softprompt.cli import main
+    from tests.helpers import train_flags
+
+    data = _sentiment_dataset(tmp_path / "data")
+    with caplog.at_level("INFO", logger="softprompt"):
+        assert main(train_flags(tiny_dir, data, tmp_path / "label", dataset="senti", prompt_tuning_init="label",
+                                num_virtual_tokens=12, max_steps=1)) == 0
+        argv = train_flags(tiny_dir, data, tmp_path / "text", dataset="senti", prompt_tuning_init="text", max_steps=1)
+        at = argv.index("--num_virtual_tokens")
+        assert main(argv[:at] + argv[at + 2:]) == 0  # no length given
+    assert "the label words are the training data's 2 answers: negative, positive" in caplog.text
+    assert "took the dataset's most common instruction (4 of 4 rows): 'Classify the sentiment.'" in caplog.text
+    with safe_open(str(tmp_path / "label" / "adapter_model.safetensors"), "pt") as f:
+        assert f.metadata()["softprompt_init"] == "label"
+    ids = AutoTokenizer.from_pretrained(tiny_dir)("Classify the sentiment.", add_special_tokens=False)["input_ids"]
+    config = (tmp_path / "text" / "adapter_config.json").read_text()
+    assert f'"num_virtual_tokens": {len(ids)}' in config  # no length given: the instruction's
