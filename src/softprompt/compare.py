@@ -70,6 +70,9 @@ def parse_compare(argv: list[str]) -> ComparePlan:
         raise ArgumentError(f"--methods / --method_learning_rates: unknown method {unknown[0]!r} "
                             f"(choose from {', '.join(METHODS)})")
     cargs.methods = cargs.methods or ",".join(METHODS)
+    if targs.learning_rate is not None and len(set(cargs.method_list()) - set(cargs.learning_rates())) > 1:
+        log.warning("compare: --learning_rate %g applies to every method not in --method_learning_rates; leave it "
+                    "out for each method's own recipe", targs.learning_rate)
     own = {f.name for cls in (TaskArgs, CompareArgs) for f in fields(cls)} | {"finetuning_type", "output_dir"}
     config = {k: v for k, v in parsed.yaml.items() if k not in own} if parsed.config else None
     return ComparePlan(model, data, targs, task, cargs, parsed.argv_without(own, config=False), config,
