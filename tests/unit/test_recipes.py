@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 import yaml
@@ -83,3 +84,12 @@ def test_a_yaml_value_counts_as_given(tiny_dir, data, tmp_path, caplog):
         assert main([argv[0], str(config), *argv[1:]]) == 0
     assert "prompt_tuning: learning_rate 0.001 (given), lr_scheduler_type constant (method default)" in caplog.text
     assert [r["learning_rate"] for r in _rows(out)] == [0.001, 0.001]
+
+
+def test_the_readme_table_is_the_registry():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme[readme.index("| method | default learning_rate | default lr_scheduler_type |"):]
+    for spec in list(methods.METHODS.values())[:6]:
+        row = next(line for line in table.splitlines() if line.startswith(f"| `{spec.name}` |"))
+        _, lr, schedule = [cell.strip() for cell in row.strip("|").split("|")]
+        assert (float(lr), schedule) == (spec.recipe.learning_rate, spec.recipe.lr_scheduler_type), row

@@ -95,3 +95,18 @@ def test_other_methods_are_warned_off_the_reparam_flags(tiny_dir, tmp_path, capl
         assert main(train_flags(tiny_dir, data, tmp_path / "o", finetuning_type="p_tuning", max_steps=1,
                                 **RESIDUAL)) == 0
     assert "--prompt_tuning_reparam does not apply to --finetuning_type p_tuning; ignored" in caplog.text
+
+
+def test_a_saved_prompt_continues_with_a_new_mlp(tiny_dir, trained, tmp_path):
+    data = write_alpaca_dataset(tmp_path / "data")
+    out = tmp_path / "more"
+    argv = train_flags(tiny_dir, data, out, adapter_name_or_path=str(trained), max_steps=2, save_steps=1,
+                       **RESIDUAL)
+    at = argv.index("--num_virtual_tokens")
+    assert main(argv[:at] + argv[at + 2:]) == 0
+    state = torch.load(out / "checkpoint-1" / "trainable_state.pt", weights_only=True)["params"]
+    assert state["adapter.reparam.down.weight"].shape == (16, 64)  # the saved P' trains on through a new MLP
+    before = load_file(trained / "adapter_model.safetensors")["prompt_embeddings"]
+    assert not torch.equal(state["adapter.embedding.weight"], before)  # updated from where it was saved
+    torch.testing.assert_close(load_file(out / "checkpoint-1" / "adapter_model.safetensors")["prompt_embeddings"],
+                               reparameterised(state))

@@ -58,14 +58,13 @@ class ResidualReparam(nn.Module):
 
 
 class PromptTuning(nn.Module):
-    """The soft prompt. ``prompt_embeds()`` is ``(num_virtual_tokens, token_dim)``: the trained embedding, or
-    with ``reparam_hidden_size`` the embedding through a :class:`ResidualReparam`."""
+    """The soft prompt. ``prompt_embeds()`` is ``(num_virtual_tokens, token_dim)``: the trained embedding, or,
+    once :func:`carry_on` gave it one, the embedding through a :class:`ResidualReparam`."""
 
-    def __init__(self, num_virtual_tokens: int, token_dim: int, init: str = "random",
-                 reparam_hidden_size: int | None = None):
+    def __init__(self, num_virtual_tokens: int, token_dim: int, init: str = "random"):
         super().__init__()
         self.embedding = nn.Embedding(num_virtual_tokens, token_dim)  # PEFT's attribute name
-        self.reparam = ResidualReparam(token_dim, reparam_hidden_size) if reparam_hidden_size else None
+        self.reparam: ResidualReparam | None = None
         self.init = init
 
     @property
@@ -155,17 +154,23 @@ def create(base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, args: Meth
     """A new soft prompt for ``base``, initialised as ``args`` say (``data``: the training rows, for the label
     words and the instruction); with --prompt_tuning_reparam residual, its MLP seeded by ``generator`` too."""
     weight = initial_prompt(args, base.get_input_embeddings().weight, tokenizer, generator, data)
-    hidden = args.reparam_hidden_size if args.prompt_tuning_reparam == "residual" else None
-    if hidden:  # the MLP's torch-default init, drawn from a seed of the run's generator
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            module = PromptTuning(weight.shape[0], weight.shape[1], init=args.init, reparam_hidden_size=hidden)
-    else:
-        module = PromptTuning(weight.shape[0], weight.shape[1], init=args.init)
+    module = PromptTuning(weight.shape[0], weight.shape[1], init=args.init)
     with torch.no_grad():
         module.embedding.weight.copy_(weight)
+    carry_on(module, args, generator)
     return module
+
+
+def carry_on(module: PromptTuning, args: MethodArgs, generator: torch.Generator) -> None:
+    """With --prompt_tuning_reparam residual, give ``module`` a new MLP (torch's default init, from a seed of
+    ``generator``; ``P' = P`` until the first update): a new prompt, or a saved one trained on."""
+    if args.prompt_tuning_reparam != "residual" or module.reparam is not None:
+        return
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        module.reparam = ResidualReparam(module.embedding.weight.shape[1], args.reparam_hidden_size)
+    module.reparam.to(module.embedding.weight.device)
 
 
 SPEC = register(MethodSpec(
@@ -173,6 +178,7 @@ SPEC = register(MethodSpec(
     arguments=("num_virtual_tokens", "prompt_tuning_init", "prompt_tuning_init_text", "label_words",
                "prompt_tuning_reparam", "reparam_hidden_size"),
     config_fields=PROMPT_FIELDS, check_state=saved_prompt, base_problem=soft_input_problem, reads_data=True,
+    carry_on=carry_on,
     recipe=Recipe(learning_rate=3e-2, lr_scheduler_type="constant"),
 ))
 PromptTuning.method = SPEC  # a module made by the class itself knows its method too

@@ -139,6 +139,9 @@ class MethodSpec:
     the (checked) config gives; ``read_adapter`` calls it once, before the folder is used."""
     recipe: Recipe = DEFAULT_RECIPE
     """Its --learning_rate and --lr_scheduler_type when the user gives none."""
+    carry_on: Callable[[nn.Module, MethodArgs, torch.Generator], None] | None = None
+    """``carry_on(module, args, generator)``: make a loaded adapter (--adapter_name_or_path) ready to continue
+    training under ``args``, in place (prompt_tuning: a new residual MLP); unset: it trains as loaded."""
     reads_data: bool = False
     """``build`` takes a fifth argument, the :class:`TaskData` of the run (None outside training), e.g. to start a
     prompt from the task's label words."""

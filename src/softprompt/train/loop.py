@@ -356,6 +356,8 @@ def _initial_adapter(lm: LoadedModel, model_args: ModelArgs, method_args: Method
         raise ArgumentError(f"--adapter_name_or_path {model_args.adapter_name_or_path} holds a {files.peft_type} "
                             f"adapter; --finetuning_type {method_args.finetuning_type} cannot continue it")
     adapter, _ = files.module(lm.model, lm.name, trainable=True)
+    if spec.carry_on is not None:
+        spec.carry_on(adapter, method_args, torch.Generator().manual_seed(seed))
     log.info("continuing training of %s (%s)", model_args.adapter_name_or_path, files.peft_type)
     return adapter
 
