@@ -96,6 +96,10 @@ def test_bad_init_arguments():
         MethodArgs(reparam_hidden_size=0)
     with pytest.raises(ArgumentError, match="needs --prompt_tuning_init_text"):  # no text and no data to take it from
         _init(prompt_tuning_init="text")
+    from softprompt.methods import resolve
+
+    with pytest.raises(ArgumentError, match="needs --prompt_tuning_init_text with prefix_tuning"):
+        resolve(MethodArgs(finetuning_type="prefix_tuning", prompt_tuning_init="text"))
 
 
 def test_text_init_without_text_takes_the_most_common_instruction(caplog):

@@ -228,6 +228,9 @@ def check(args: MethodArgs) -> None:
     if args.init not in ("random", "sample_vocab", "text"):
         raise ArgumentError(f"--prompt_tuning_init {args.init} is for prompt_tuning; prefix_tuning takes "
                             "random, sample_vocab or text")
+    if args.init == "text" and args.prompt_tuning_init_text is None:
+        raise ArgumentError("--prompt_tuning_init text needs --prompt_tuning_init_text with prefix_tuning "
+                            "(prompt_tuning alone takes the dataset's instruction)")
     if args.prefix_projection and args.init != "random":
         raise ArgumentError(f"--prompt_tuning_init {args.init} sets the prefix K/V directly, which "
                             "--prefix_projection cannot: drop one of them")
