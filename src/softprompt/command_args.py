@@ -106,9 +106,9 @@ class CompareArgs:
     unset: the validation loss (--val_size) is the only quality figure."""
     eval_max_samples: int | None = 200
     """How many examples of eval_dataset are scored (the first ones; unset: all)."""
-    method_learning_rates: str = "lora=2e-4,freeze=5e-5,full=2e-5"
-    """Learning rates for some methods (method=rate, comma-separated) in place of --learning_rate: a soft prompt
-    wants ~1e-2, a full fine-tune ~1e-5. Empty: --learning_rate for all."""
+    method_learning_rates: str = ""
+    """Learning rates for some methods (method=rate, comma-separated) in place of --learning_rate (default: none;
+    a method gets --learning_rate if given, else its own recipe's rate, as `softprompt train` does)."""
 
     def method_list(self) -> list[str]:
         """The --methods named (empty when unset: the caller takes every registered method)."""

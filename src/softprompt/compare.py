@@ -70,6 +70,9 @@ def parse_compare(argv: list[str]) -> ComparePlan:
         raise ArgumentError(f"--methods / --method_learning_rates: unknown method {unknown[0]!r} "
                             f"(choose from {', '.join(METHODS)})")
     cargs.methods = cargs.methods or ",".join(METHODS)
+    if targs.learning_rate is not None and len(set(cargs.method_list()) - set(cargs.learning_rates())) > 1:
+        log.warning("compare: --learning_rate %g applies to every method not in --method_learning_rates; leave it "
+                    "out for each method's own recipe", targs.learning_rate)
     own = {f.name for cls in (TaskArgs, CompareArgs) for f in fields(cls)} | {"finetuning_type", "output_dir"}
     config = {k: v for k, v in parsed.yaml.items() if k not in own} if parsed.config else None
     return ComparePlan(model, data, targs, task, cargs, parsed.argv_without(own, config=False), config,
@@ -155,6 +158,12 @@ def _switch_and_score(plan: ComparePlan, lm, out: Path, question: list[dict], ev
     return row
 
 
+def _learning_rate(plan: ComparePlan, method: str) -> float:
+    """The rate ``method`` trains with: from --method_learning_rates, else --learning_rate, else its recipe."""
+    given = plan.compare.learning_rates().get(method, plan.train.learning_rate)
+    return given if given is not None else METHODS[method].recipe.learning_rate
+
+
 def _changes_base(folder: Path) -> bool:
     """Whether the result in ``folder`` is an adapter that changes its base's weights (LoRA)."""
     return (folder / "adapter_config.json").is_file() and read_adapter(folder).spec.kind == "weights"
@@ -177,8 +186,7 @@ def run_compare(plan: ComparePlan) -> dict[str, Any]:
         for method in methods:
             bar.set_description(f"compare: training {method}")
             out = root / method
-            row = {"method": method, "learning_rate": plan.compare.learning_rates().get(method,
-                                                                                        plan.train.learning_rate),
+            row = {"method": method, "learning_rate": _learning_rate(plan, method),
                    "output_dir": str(out), **_train(plan, method, out, bar)}
             bar.update(1)
             if "error" not in row:

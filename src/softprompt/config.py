@@ -18,6 +18,8 @@ from softprompt.files import one_line
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_NUM_VIRTUAL_TOKENS = 20
 """A prompt method's length when neither --num_virtual_tokens nor an init text gives one."""
+INITS = ("random", "sample_vocab", "text", "label")
+"""The built-in --prompt_tuning_init values (besides a module:function hook)."""
 
 
 class ArgumentError(ValueError):
@@ -104,11 +106,23 @@ class MethodArgs:
     num_virtual_tokens: int | None = None
     """Length of the soft prompt (default 20, or the token count of prompt_tuning_init_text)."""
     prompt_tuning_init: str = "random"
-    """Initialisation: 'random', 'sample_vocab', 'text', or 'module:function' (a hook called as
+    """Initialisation: 'random', 'sample_vocab', 'text' (prompt_tuning_init_text, or the dataset's most common
+    instruction), 'label' (Lester et al. 2021: one virtual token per label word, the mean of its tokens'
+    embeddings, then the instruction's tokens, then sampled vocabulary), or 'module:function' (a hook called as
     fn(num_virtual_tokens, embedding_weight, tokenizer) -> tensor (num_virtual_tokens, hidden))."""
     prompt_tuning_init_text: str | None = None
     """Text whose token embeddings start the prompt (tiled or cut to num_virtual_tokens); implies init 'text'.
-    With prefix_tuning: the text's per-layer K/V (a prefill of the frozen model) start the prefix."""
+    With init 'label': the instruction after the label words. With prefix_tuning: the text's per-layer K/V
+    (a prefill of the frozen model) start the prefix."""
+    label_words: str | None = None
+    """Init 'label': the task's label words, comma-separated (default: the training data's distinct answers,
+    when there are at most 20 of at most 3 words each); the same flag as eval's."""
+    prompt_tuning_reparam: Literal["none", "residual"] = "none"
+    """prompt_tuning: 'residual' trains the prompt P through a bottleneck MLP with a skip connection shared by
+    the tokens, P + LayerNorm(up(ReLU(down(P)))) (Razdaibiedina et al. 2023, Residual Prompt Tuning); the
+    adapter saved is that result, a plain PROMPT_TUNING adapter."""
+    reparam_hidden_size: int = 400
+    """prompt_tuning_reparam residual: the MLP's bottleneck width (the paper's experiments use 400)."""
     encoder_reparameterization_type: Literal["MLP", "LSTM"] = "MLP"
     """p_tuning: the prompt encoder, an MLP (3 linear layers) or a bidirectional LSTM plus an MLP head."""
     encoder_hidden_size: int | None = None
@@ -141,6 +155,10 @@ class MethodArgs:
     freeze_extra_modules: str | None = None
     """freeze: comma-separated modules outside the decoder layers that train too (e.g. embed_tokens,norm)."""
 
+    def labels(self) -> list[str]:
+        """The --label_words as a list (empty when unset)."""
+        return [w.strip() for w in (self.label_words or "").split(",") if w.strip()]
+
     @property
     def init(self) -> str:
         """The initialisation in effect: ``text`` when only --prompt_tuning_init_text is given."""
@@ -150,12 +168,16 @@ class MethodArgs:
 
     def __post_init__(self) -> None:
         init = self.init
-        if init not in ("random", "sample_vocab", "text") and ":" not in init:
-            raise ArgumentError(
-                f"--prompt_tuning_init must be random, sample_vocab, text or module:function, got {init!r}"
-            )
-        if init == "text" and not self.prompt_tuning_init_text:
-            raise ArgumentError("--prompt_tuning_init text needs --prompt_tuning_init_text")
+        if init not in INITS and ":" not in init:
+            raise ArgumentError(f"--prompt_tuning_init must be {', '.join(INITS)} or module:function, got {init!r}")
+        if self.prompt_tuning_init_text is not None and not self.prompt_tuning_init_text.strip():
+            raise ArgumentError("--prompt_tuning_init_text is empty; give some text, or leave it out")
+        words = self.labels()
+        if self.label_words is not None and (not words or len(set(words)) != len(words)):
+            raise ArgumentError(f"--label_words needs one or more different comma-separated words, each once, "
+                                f"got {self.label_words!r}")
+        if self.reparam_hidden_size < 1:
+            raise ArgumentError(f"--reparam_hidden_size must be at least 1, got {self.reparam_hidden_size}")
         if self.num_virtual_tokens is not None and self.num_virtual_tokens < 1:
             raise ArgumentError(f"--num_virtual_tokens must be at least 1, got {self.num_virtual_tokens}")
         if self.encoder_hidden_size is not None and self.encoder_hidden_size < 1:
@@ -193,8 +215,8 @@ class TrainArgs:
     """Examples per validation batch."""
     gradient_accumulation_steps: int = 1
     """Steps whose gradients are summed before one optimizer update."""
-    learning_rate: float = 5e-3
-    """Peak learning rate of AdamW."""
+    learning_rate: float | None = None
+    """Peak learning rate of AdamW (default: the method's recipe, which the first log line of training prints)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     adam_beta1: float = 0.9
@@ -209,8 +231,8 @@ class TrainArgs:
     """Epochs to train (ignored when max_steps > 0)."""
     max_steps: int = -1
     """Optimizer updates to run; -1 means use num_train_epochs."""
-    lr_scheduler_type: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
-    """Learning-rate schedule."""
+    lr_scheduler_type: Literal["cosine", "linear", "constant", "constant_with_warmup"] | None = None
+    """Learning-rate schedule (default: the method's recipe, which the first log line of training prints)."""
     warmup_ratio: float = 0.0
     """Fraction of the updates spent warming up the learning rate."""
     warmup_steps: int = 0
@@ -255,7 +277,7 @@ class TrainArgs:
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
                 raise ArgumentError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        if self.learning_rate <= 0:
+        if self.learning_rate is not None and self.learning_rate <= 0:
             raise ArgumentError(f"--learning_rate must be positive, got {self.learning_rate}")
         if self.max_steps <= 0 and self.max_steps != -1:
             raise ArgumentError(f"--max_steps must be positive or -1, got {self.max_steps}")

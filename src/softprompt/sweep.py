@@ -25,7 +25,7 @@ from softprompt.evaluate.run import COLUMNS, eval_conversations, run_task
 from softprompt.evaluate.tasks import choose_labels
 from softprompt.inference import Predictor
 from softprompt.files import atomic_write_text
-from softprompt.methods import resolve
+from softprompt.methods import METHODS, resolve
 from softprompt.model import load_model
 from softprompt.report import number, pyplot
 from softprompt.train import TrainingError, train
@@ -61,8 +61,6 @@ def parse_sweep(argv: list[str]) -> SweepPlan:
     method, axes = resolve(method), sweep.axes()  # arguments of other methods: warned about once, here
     if not data.val_size:
         raise ArgumentError("sweep compares runs on a validation split: set --val_size (e.g. 0.1 or 50)")
-    if "text" in axes.get("prompt_tuning_init", []) and not method.prompt_tuning_init_text:
-        raise ArgumentError("--prompt_tuning_init text needs --prompt_tuning_init_text")
     gen = GenerateArgs(max_new_tokens=sweep.max_new_tokens, seed=targs.seed)
     return SweepPlan(model, data, method, targs, task, gen, axes)
 
@@ -76,7 +74,8 @@ def combinations(plan: SweepPlan) -> list[tuple[str, MethodArgs, TrainArgs]]:
         n = combo.get("num_virtual_tokens", plan.method.num_virtual_tokens)
         init = combo.get("prompt_tuning_init", plan.method.init)
         lr = combo.get("learning_rate", plan.train.learning_rate)
-        text = plan.method.prompt_tuning_init_text if init == "text" else None  # else it would turn init into text
+        lr = lr if lr is not None else METHODS[plan.method.finetuning_type].recipe.learning_rate
+        text = plan.method.prompt_tuning_init_text if init in ("text", "label") else None  # else init becomes text
         method = dataclasses.replace(plan.method, num_virtual_tokens=n, prompt_tuning_init=init,
                                      prompt_tuning_init_text=text)
         name = f"L{n or 'auto'}-{init.replace(':', '_')}-lr{lr:g}"

@@ -28,7 +28,7 @@ def test_compare_six_methods(tiny_dir, tmp_path, capsys):
     argv = ["compare", "--model_name_or_path", str(tiny_dir), "--dataset", "toy", "--dataset_dir", str(data),
             "--max_steps", "3", "--per_device_train_batch_size", "4", "--val_size", "4", "--logging_steps", "1",
             "--save_steps", "0", "--num_virtual_tokens", "4", "--lora_rank", "2", "--freeze_trainable_layers", "1",
-            "--learning_rate", "1e-2", "--eval_dataset", "senti", "--task", "classification",
+            "--method_learning_rates", "prompt_tuning=1e-2", "--eval_dataset", "senti", "--task", "classification",
             "--output_dir", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
@@ -46,7 +46,14 @@ def test_compare_six_methods(tiny_dir, tmp_path, capsys):
     assert rows["prompt_tuning"]["trainable_params"] == 4 * 64
     assert rows["full"]["trainable_percent"] == 100.0
     assert rows["prompt_tuning"]["checkpoint_bytes"] < rows["lora"]["checkpoint_bytes"] < rows["full"]["checkpoint_bytes"]
-    assert rows["lora"]["learning_rate"] == 2e-4 and rows["prompt_tuning"]["learning_rate"] == 1e-2
+    # --method_learning_rates for one method; the others train with their own recipe
+    from softprompt.methods import get
+
+    assert rows["prompt_tuning"]["learning_rate"] == 1e-2
+    for method in ("lora", "full"):
+        assert rows[method]["learning_rate"] == get(method).recipe.learning_rate
+        first = json.loads((out / method / "trainer_log.jsonl").read_text().splitlines()[0])
+        assert first["learning_rate"] == get(method).recipe.learning_rate  # what the run used
     # every run is an ordinary training output folder
     assert (out / "prefix_tuning" / "adapter_config.json").is_file()
     assert (out / "full" / "config.json").is_file() and (out / "full" / "trainer_log.jsonl").is_file()

@@ -120,6 +120,23 @@ def test_resume_restores_an_encoder_and_dropout_rng(tiny_dir, data_dir, tmp_path
     assert not (b / ".checkpoint-99.abcd").exists()
 
 
+def test_resume_continues_a_residual_reparameterised_prompt(tiny_dir, data_dir, tmp_path):
+    """--prompt_tuning_reparam residual: the adapter holds the reparameterised prompt only; the raw prompt and the
+    MLP come back from the checkpoint's training state, so the resumed run equals the uninterrupted one."""
+    flags = {k: v for k, v in FLAGS.items() if k != "save_total_limit"}
+    flags.update(max_steps=8, save_steps=4, prompt_tuning_reparam="residual", reparam_hidden_size=8,
+                 lr_scheduler_type="constant", warmup_steps=0)
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(train_flags(tiny_dir, data_dir, a, **flags)) == 0
+    interrupt_at(a, b, 4)
+    (b / "checkpoint-4" / "adapter_model.safetensors").unlink()  # the MLP and raw prompt come from the state file
+    assert main(train_flags(tiny_dir, data_dir, b, resume_from_checkpoint=str(b / "checkpoint-4"), **flags)) == 0
+    assert log_rows(b) == log_rows(a)
+    same_adapter(b, a)
+    params = torch.load(a / "checkpoint-4" / "trainable_state.pt", weights_only=True)["params"]
+    assert "adapter.reparam.down.weight" in params and "adapter.embedding.weight" in params
+
+
 def test_resume_errors_are_one_line(tiny_dir, data_dir, uninterrupted, tmp_path, capsys):
     def refused(*parts: str, **extra) -> None:
         assert main(train_flags(tiny_dir, data_dir, extra.pop("out", tmp_path / "out"), **{**FLAGS, **extra})) == 2

@@ -12,10 +12,12 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from softprompt.methods.spec import REGISTRY, MethodSpec, by_peft_type, get, of, peft_types, register, resolve
+from softprompt.methods.spec import (
+    REGISTRY, MethodSpec, Recipe, TaskData, by_peft_type, get, of, peft_types, register, resolve, with_recipe,
+)
 
 BUILT_IN = ("prompt_tuning", "p_tuning", "prefix_tuning", "lora", "freeze", "full")
-_NOT_METHODS = {"spec", "adapter"}
+_NOT_METHODS = {"spec", "adapter", "prompt_init"}
 
 for _name in BUILT_IN + tuple(sorted(m.name for m in pkgutil.iter_modules(__path__))):
     if _name not in _NOT_METHODS:
@@ -31,5 +33,6 @@ from softprompt.methods.adapter import (  # noqa: E402
     AdapterFolder, base_metadata, check_compatible, describe, read_adapter, save_adapter,
 )
 
-__all__ = ["METHODS", "MethodSpec", "AdapterFolder", "by_peft_type", "get", "of", "peft_types", "register",
-           "resolve", "read_adapter", "save_adapter", "base_metadata", "check_compatible", "describe"]
+__all__ = ["METHODS", "MethodSpec", "Recipe", "TaskData", "AdapterFolder", "by_peft_type", "get", "of", "peft_types",
+           "register", "resolve", "with_recipe", "read_adapter", "save_adapter", "base_metadata", "check_compatible",
+           "describe"]

@@ -14,7 +14,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from softprompt.config import ArgumentError, MethodArgs
 from softprompt.methods.full import WeightTuning
-from softprompt.methods.spec import MethodSpec, register
+from softprompt.methods.spec import MethodSpec, Recipe, register
 
 
 def _names(value: str | None) -> list[str]:
@@ -68,4 +68,5 @@ def create(base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, args: Meth
 SPEC = register(MethodSpec(
     name="freeze", kind="weights", build=create,
     arguments=("freeze_trainable_layers", "freeze_trainable_modules", "freeze_extra_modules"),
+    recipe=Recipe(learning_rate=5e-5, lr_scheduler_type="cosine"),
 ))

@@ -18,7 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from softprompt.files import atomic_folder
 from softprompt.config import MethodArgs
-from softprompt.methods.spec import MethodSpec, register
+from softprompt.methods.spec import MethodSpec, Recipe, register
 
 
 class WeightTuning(nn.Module):
@@ -63,4 +63,5 @@ def create(base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, args: Meth
     return WeightTuning(base, tokenizer, "full")
 
 
-SPEC = register(MethodSpec(name="full", kind="weights", build=create))
+SPEC = register(MethodSpec(name="full", kind="weights", build=create,
+                           recipe=Recipe(learning_rate=2e-5, lr_scheduler_type="cosine")))

@@ -23,7 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from softprompt.checkpoint import CheckpointError
 from softprompt.config import ArgumentError, MethodArgs
 from softprompt.files import one_line
-from softprompt.methods.spec import OPTIONAL_COUNT, ConfigField, MethodSpec, register
+from softprompt.methods.spec import OPTIONAL_COUNT, ConfigField, MethodSpec, Recipe, register
 
 PEFT_TYPE = "LORA"
 
@@ -144,5 +144,6 @@ SPEC = register(MethodSpec(
     name="lora", kind="weights", build=create, peft_type=PEFT_TYPE, from_checkpoint=Lora.from_checkpoint,
     arguments=("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "additional_target", "use_rslora", "use_dora"),
     config_fields=CONFIG_FIELDS, check_state=check_saved,
+    recipe=Recipe(learning_rate=2e-4, lr_scheduler_type="cosine"),
 ))
 Lora.method = SPEC  # a module made by the class itself knows its method too

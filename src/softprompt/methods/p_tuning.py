@@ -22,7 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from softprompt.checkpoint import CheckpointError
 from softprompt.config import DEFAULT_NUM_VIRTUAL_TOKENS, MethodArgs
 from softprompt.methods.prompt_tuning import PROMPT_FIELDS, peft_prompt_config, saved_prompt
-from softprompt.methods.spec import OPTIONAL_COUNT, ConfigField, MethodSpec, register, soft_input_problem
+from softprompt.methods.spec import OPTIONAL_COUNT, ConfigField, MethodSpec, Recipe, register, soft_input_problem
 
 PEFT_TYPE = "P_TUNING"
 STATE_KEY = "prompt_embeddings"
@@ -150,5 +150,6 @@ SPEC = register(MethodSpec(
                "encoder_dropout"),
     config_fields=CONFIG_FIELDS, check_state=saved_encoded_prompt,
     base_problem=soft_input_problem,
+    recipe=Recipe(learning_rate=3e-2, lr_scheduler_type="constant"),
 ))
 PTuning.method = SPEC  # a module made by the class itself knows its method too

@@ -22,7 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from softprompt.checkpoint import CheckpointError
 from softprompt.config import DEFAULT_NUM_VIRTUAL_TOKENS, ArgumentError, MethodArgs
 from softprompt.kv import PrefixKV, build_prefix
-from softprompt.methods.spec import COUNT, OPTIONAL_COUNT, ConfigField, MethodSpec, register
+from softprompt.methods.spec import COUNT, OPTIONAL_COUNT, ConfigField, MethodSpec, Recipe, register
 
 PEFT_TYPE = "PREFIX_TUNING"
 STATE_KEY = "prompt_embeddings"
@@ -228,6 +228,9 @@ def check(args: MethodArgs) -> None:
     if args.init not in ("random", "sample_vocab", "text"):
         raise ArgumentError(f"--prompt_tuning_init {args.init} is for prompt_tuning; prefix_tuning takes "
                             "random, sample_vocab or text")
+    if args.init == "text" and args.prompt_tuning_init_text is None:
+        raise ArgumentError("--prompt_tuning_init text needs --prompt_tuning_init_text with prefix_tuning "
+                            "(prompt_tuning alone takes the dataset's instruction)")
     if args.prefix_projection and args.init != "random":
         raise ArgumentError(f"--prompt_tuning_init {args.init} sets the prefix K/V directly, which "
                             "--prefix_projection cannot: drop one of them")
@@ -240,5 +243,6 @@ SPEC = register(MethodSpec(
                "prefix_projection"),
     config_fields=CONFIG_FIELDS, check_state=saved_prefix,
     base_problem=kv_problem,
+    recipe=Recipe(learning_rate=3e-2, lr_scheduler_type="constant"),
 ))
 PrefixTuning.method = SPEC  # a module made by the class itself knows its method too

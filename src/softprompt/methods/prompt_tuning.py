@@ -2,11 +2,17 @@
 
 Saved exactly as PEFT's ``PROMPT_TUNING`` adapter: key ``prompt_embeddings`` and PEFT's config
 fields, so ``peft.PeftModel.from_pretrained(base, folder)`` loads it.
+
+With ``--prompt_tuning_reparam residual`` (Razdaibiedina et al., 2023, "Residual Prompt Tuning") the
+trained parameters are a raw prompt ``P`` (L, d) and one bottleneck MLP shared by its tokens; the
+prompt the model sees, and the one saved, is ``P + LayerNorm(up(ReLU(down(P))))``. The adapter is
+then an ordinary PROMPT_TUNING one (the MLP is dropped, as the paper does after training); the raw
+``P`` and the MLP live on in a checkpoint's ``trainable_state.pt``, from which a run resumes.
+Where the prompt starts (``--prompt_tuning_init``) is :mod:`.prompt_init`'s business.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import torch
@@ -14,20 +20,51 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from softprompt.checkpoint import CheckpointError
-from softprompt.config import DEFAULT_NUM_VIRTUAL_TOKENS, ArgumentError, MethodArgs
-from softprompt.files import one_line
-from softprompt.methods.spec import OPTIONAL_COUNT, ConfigField, MethodSpec, register, soft_input_problem
+from softprompt.config import MethodArgs
+from softprompt.methods.prompt_init import initial_prompt
+from softprompt.methods.spec import (
+    OPTIONAL_COUNT, ConfigField, MethodSpec, Recipe, TaskData, register, soft_input_problem,
+)
 
 PEFT_TYPE = "PROMPT_TUNING"
 STATE_KEY = "prompt_embeddings"
 
 
+class ResidualReparam(nn.Module):
+    """Residual Prompt Tuning's reparameterisation, one MLP shared by every virtual token:
+    ``P' = P + LayerNorm(up(ReLU(down(P))))``, (L, d) -> (L, d), as the paper (down-projection, ReLU,
+    up-projection, LayerNorm, skip connection).
+
+    One change from the paper: the LayerNorm's gain starts at 0, so ``P' = P`` at the start and the
+    initialisation (a text, the label words) is kept. With the paper's gain of 1 the branch starts as a
+    unit-variance vector per token, norm sqrt(d) = 24 for SmolLM2-135M, whose token embeddings have a norm
+    of about 3.2 (T5, the paper's model, has far larger embeddings): it would drown the initialisation.
+    """
+
+    def __init__(self, token_dim: int, hidden_size: int):
+        super().__init__()
+        self.down = nn.Linear(token_dim, hidden_size)
+        self.up = nn.Linear(hidden_size, token_dim)
+        self.norm = nn.LayerNorm(token_dim)
+        nn.init.zeros_(self.norm.weight)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.down.out_features
+
+    def forward(self, prompt: torch.Tensor) -> torch.Tensor:
+        """``prompt`` (L, d) -> the reparameterised prompt (L, d)."""
+        return prompt + self.norm(self.up(torch.relu(self.down(prompt))))  # (L, hidden) inside
+
+
 class PromptTuning(nn.Module):
-    """The soft prompt. ``prompt_embeds()`` is ``(num_virtual_tokens, token_dim)``."""
+    """The soft prompt. ``prompt_embeds()`` is ``(num_virtual_tokens, token_dim)``: the trained embedding, or,
+    once :func:`carry_on` gave it one, the embedding through a :class:`ResidualReparam`."""
 
     def __init__(self, num_virtual_tokens: int, token_dim: int, init: str = "random"):
         super().__init__()
         self.embedding = nn.Embedding(num_virtual_tokens, token_dim)  # PEFT's attribute name
+        self.reparam: ResidualReparam | None = None
         self.init = init
 
     @property
@@ -35,10 +72,14 @@ class PromptTuning(nn.Module):
         return self.embedding.weight.shape[0]
 
     def prompt_embeds(self) -> torch.Tensor:
-        return self.embedding.weight
+        if self.reparam is None:
+            return self.embedding.weight
+        return self.reparam(self.embedding.weight)
 
     def adapter_state(self) -> dict[str, torch.Tensor]:
-        return {STATE_KEY: self.embedding.weight.detach().float().cpu().contiguous()}
+        """PEFT's ``prompt_embeddings``: the prompt the model sees (reparameterised, when it is)."""
+        with torch.no_grad():
+            return {STATE_KEY: self.prompt_embeds().detach().float().cpu().contiguous()}
 
     def adapter_config(self, base_model_name_or_path: str, base: PreTrainedModel) -> dict[str, Any]:
         """PEFT's ``PromptTuningConfig`` fields. The init is recorded as RANDOM on PEFT's side
@@ -108,70 +149,36 @@ def saved_prompt(config: dict[str, Any], state: dict[str, torch.Tensor], where: 
     return weight
 
 
-def initial_prompt(
-    args: MethodArgs, embeddings: torch.Tensor, tokenizer: PreTrainedTokenizerBase, generator: torch.Generator
-) -> torch.Tensor:
-    """The starting prompt, ``(L, d)``, from the vocabulary ``embeddings`` (V, d)."""
-    init = args.init
-    text_ids = None
-    if init == "text":
-        text_ids = tokenizer(args.prompt_tuning_init_text, add_special_tokens=False)["input_ids"]
-        if not text_ids:
-            raise ArgumentError("--prompt_tuning_init_text tokenizes to nothing; give some text")
-    L = args.num_virtual_tokens or (len(text_ids) if text_ids else DEFAULT_NUM_VIRTUAL_TOKENS)
-    V, d = embeddings.shape
-    emb = embeddings.detach().float()
-    if init == "random":  # normal, scaled to the vocabulary embeddings' statistics
-        return torch.randn(L, d, generator=generator) * emb.std() + emb.mean()
-    if init == "sample_vocab":
-        return emb[torch.randint(0, V, (L,), generator=generator)].clone()
-    if init == "text":
-        ids = (text_ids * (L // len(text_ids) + 1))[:L]  # tiled or cut to length
-        return emb[torch.tensor(ids)].clone()
-    return _init_from_hook(init, L, emb, tokenizer)
-
-
-def _init_from_hook(spec: str, L: int, emb: torch.Tensor, tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
-    """The user's ``module:function`` called as fn(L, emb, tokenizer); whatever it raises (on import, a wrong
-    signature, its own error) or returns that is not an (L, d) tensor is an ArgumentError naming it."""
-    module_name, _, fn_name = spec.partition(":")
-    try:
-        fn = getattr(importlib.import_module(module_name), fn_name)
-    except Exception as exc:  # ImportError, AttributeError, and whatever the module raises as it runs
-        raise ArgumentError(f"--prompt_tuning_init {spec}: cannot load it ({type(exc).__name__}: "
-                            f"{one_line(exc)})") from None
-    try:
-        result = fn(L, emb, tokenizer)
-    except Exception as exc:  # the hook's own code: a TypeError for a wrong signature, or anything it raises
-        raise ArgumentError(f"--prompt_tuning_init {spec}: calling it as {fn_name}(num_virtual_tokens, "
-                            f"embedding_weight, tokenizer) failed ({type(exc).__name__}: {one_line(exc)})") from None
-    try:
-        out = torch.as_tensor(result, dtype=torch.float32)
-    except Exception:  # torch raises TypeError, ValueError or RuntimeError for what it cannot take
-        out = None
-    if out is None or tuple(out.shape) != (L, emb.shape[1]):
-        got = f"shape {tuple(out.shape)}" if out is not None else f"a {type(result).__name__}"
-        raise ArgumentError(f"--prompt_tuning_init {spec}: returned {got}, expected ({L}, {emb.shape[1]})")
-    if not torch.isfinite(out).all():
-        raise ArgumentError(f"--prompt_tuning_init {spec}: returned values that are not finite (nan or inf)")
-    return out
-
-
-def create(
-    base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, args: MethodArgs, generator: torch.Generator
-) -> PromptTuning:
-    """A new soft prompt for ``base``, initialised as ``args`` says."""
-    weight = initial_prompt(args, base.get_input_embeddings().weight, tokenizer, generator)
+def create(base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, args: MethodArgs, generator: torch.Generator,
+           data: TaskData | None = None) -> PromptTuning:
+    """A new soft prompt for ``base``, initialised as ``args`` say (``data``: the training rows, for the label
+    words and the instruction); with --prompt_tuning_reparam residual, its MLP seeded by ``generator`` too."""
+    weight = initial_prompt(args, base.get_input_embeddings().weight, tokenizer, generator, data)
     module = PromptTuning(weight.shape[0], weight.shape[1], init=args.init)
     with torch.no_grad():
         module.embedding.weight.copy_(weight)
+    carry_on(module, args, generator)
     return module
+
+
+def carry_on(module: PromptTuning, args: MethodArgs, generator: torch.Generator) -> None:
+    """With --prompt_tuning_reparam residual, give ``module`` a new MLP (torch's default init, from a seed of
+    ``generator``; ``P' = P`` until the first update): a new prompt, or a saved one trained on."""
+    if args.prompt_tuning_reparam != "residual" or module.reparam is not None:
+        return
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        module.reparam = ResidualReparam(module.embedding.weight.shape[1], args.reparam_hidden_size)
+    module.reparam.to(module.embedding.weight.device)
 
 
 SPEC = register(MethodSpec(
     name="prompt_tuning", kind="prompt", build=create, peft_type=PEFT_TYPE, from_checkpoint=PromptTuning.from_checkpoint,
-    arguments=("num_virtual_tokens", "prompt_tuning_init", "prompt_tuning_init_text"),
-    config_fields=PROMPT_FIELDS, check_state=saved_prompt,
-    base_problem=soft_input_problem,
+    arguments=("num_virtual_tokens", "prompt_tuning_init", "prompt_tuning_init_text", "label_words",
+               "prompt_tuning_reparam", "reparam_hidden_size"),
+    config_fields=PROMPT_FIELDS, check_state=saved_prompt, base_problem=soft_input_problem, reads_data=True,
+    carry_on=carry_on,
+    recipe=Recipe(learning_rate=3e-2, lr_scheduler_type="constant"),
 ))
 PromptTuning.method = SPEC  # a module made by the class itself knows its method too

@@ -11,8 +11,10 @@ from anywhere else (a plugin, a test) works the same.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -20,7 +22,8 @@ import torch
 from torch import nn
 
 from softprompt.checkpoint import CheckpointError
-from softprompt.config import ArgumentError, MethodArgs
+from softprompt.config import ArgumentError, MethodArgs, TrainArgs
+from softprompt.data import Conversation
 from softprompt.model import check_supported, context_length
 
 log = logging.getLogger("softprompt")
@@ -63,6 +66,45 @@ OPTIONAL_COUNT = ConfigField((int, type(None)), 1, 2**31 - 1)
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """A method's training defaults: what ``--learning_rate`` and ``--lr_scheduler_type`` are when not given
+    (as flags or in the YAML file). Each method file states its own in one line."""
+
+    learning_rate: float
+    """AdamW's peak learning rate."""
+    lr_scheduler_type: str
+    """The learning-rate schedule (a TrainArgs.lr_scheduler_type choice)."""
+
+
+DEFAULT_RECIPE = Recipe(5e-3, "cosine")
+"""A registered method that states no recipe gets this one (softprompt's defaults before recipes)."""
+
+
+@dataclass
+class TaskData:
+    """What a method may read of the training data as it creates its module: the loaded conversations
+    (training and validation rows, before the split), loaded only when a method reads them."""
+
+    load: Callable[[], Sequence[Conversation]]
+    """Returns the conversations; called once, on first use."""
+
+    @functools.cached_property
+    def conversations(self) -> Sequence[Conversation]:
+        return self.load()
+
+    def answers(self) -> Counter[str]:
+        """How often each final answer (stripped; empty ones left out) occurs."""
+        return Counter(a for a in (c.prompt_and_answer()[1].strip() for c in self.conversations) if a)
+
+    def instructions(self) -> Counter[str]:
+        """How often each instruction occurs: the first line of each conversation's last prompt (alpaca puts
+        its instruction there, its input on the lines after)."""
+        prompts = (c.prompt_and_answer()[0] for c in self.conversations)
+        lines = (turns[-1]["content"].strip().split("\n", 1)[0].strip() for turns in prompts if turns)
+        return Counter(line for line in lines if line)
+
+
+@dataclass(frozen=True)
 class MethodSpec:
     """What softprompt needs to know of a method; the module it creates holds only trainable parameters."""
 
@@ -95,6 +137,14 @@ class MethodSpec:
     check_state: Callable[[dict[str, Any], dict[str, torch.Tensor], str], None] | None = None
     """``check_state(config, state, where)``: raise CheckpointError unless the tensors have the names and shapes
     the (checked) config gives; ``read_adapter`` calls it once, before the folder is used."""
+    recipe: Recipe = DEFAULT_RECIPE
+    """Its --learning_rate and --lr_scheduler_type when the user gives none."""
+    carry_on: Callable[[nn.Module, MethodArgs, torch.Generator], None] | None = None
+    """``carry_on(module, args, generator)``: make a loaded adapter (--adapter_name_or_path) ready to continue
+    training under ``args``, in place (prompt_tuning: a new residual MLP); unset: it trains as loaded."""
+    reads_data: bool = False
+    """``build`` takes a fifth argument, the :class:`TaskData` of the run (None outside training), e.g. to start a
+    prompt from the task's label words."""
 
     @property
     def served(self) -> bool:
@@ -111,10 +161,12 @@ class MethodSpec:
         """Its result is a whole model folder (config.json + weights), not a PEFT adapter."""
         return self.peft_type is None
 
-    def create(self, base, tokenizer, args: MethodArgs, generator: torch.Generator) -> nn.Module:
-        """A new trainable module for ``base``, initialised as ``args`` say; it carries this spec. A prompt or
-        prefix that leaves no room in the model's context for the text is refused (before it is built, when
-        --num_virtual_tokens gives its length), and so is a base softprompt cannot run (:func:`check_supported`)."""
+    def create(self, base, tokenizer, args: MethodArgs, generator: torch.Generator,
+               data: TaskData | None = None) -> nn.Module:
+        """A new trainable module for ``base``, initialised as ``args`` say (and, for a method that
+        ``reads_data``, the training ``data``); it carries this spec. A prompt or prefix that leaves no room in
+        the model's context for the text is refused (before it is built, when --num_virtual_tokens gives its
+        length), and so is a base softprompt cannot run (:func:`check_supported`)."""
         check_supported(base, getattr(base, "name_or_path", None) or "the base model")
         why = self.base_problem(base) if self.base_problem is not None else None
         if why:
@@ -122,7 +174,7 @@ class MethodSpec:
                                 f"{getattr(base.config, 'model_type', 'base')} model: {why}")
         if self.kind != "weights" and args.num_virtual_tokens is not None:
             _check_fits(base, args.num_virtual_tokens, f"--num_virtual_tokens {args.num_virtual_tokens}")
-        module = self.build(base, tokenizer, args, generator)
+        module = self.build(base, tokenizer, args, generator, *((data,) if self.reads_data else ()))
         length = getattr(module, "num_virtual_tokens", None)
         if self.kind != "weights" and length is not None:  # a length taken from --prompt_tuning_init_text
             _check_fits(base, length, f"a soft prompt of {length} tokens (from --prompt_tuning_init_text)")
@@ -214,3 +266,15 @@ def resolve(args: MethodArgs) -> MethodArgs:
     if spec.check is not None:
         spec.check(args)
     return args
+
+
+def with_recipe(spec: MethodSpec, args: TrainArgs) -> tuple[TrainArgs, str]:
+    """``args`` with the method's recipe where --learning_rate / --lr_scheduler_type were not given (None), and
+    the log line that says each value and where it came from."""
+    lr = args.learning_rate if args.learning_rate is not None else spec.recipe.learning_rate
+    schedule = args.lr_scheduler_type if args.lr_scheduler_type is not None else spec.recipe.lr_scheduler_type
+    line = (f"{spec.name}: learning_rate {lr:g} ({'given' if args.learning_rate is not None else 'method default'}), "
+            f"lr_scheduler_type {schedule} ({'given' if args.lr_scheduler_type is not None else 'method default'})")
+    if (lr, schedule) != (args.learning_rate, args.lr_scheduler_type):
+        args = dataclasses.replace(args, learning_rate=lr, lr_scheduler_type=schedule)
+    return args, line

@@ -27,7 +27,7 @@ from transformers import get_scheduler
 
 from softprompt import methods, outdir
 from softprompt.config import ArgumentError, DataArgs, MethodArgs, ModelArgs, TrainArgs, as_dict
-from softprompt.data import IGNORE_INDEX, collate, dataset_files, load_and_tokenize
+from softprompt.data import IGNORE_INDEX, collate, dataset_files, load_and_tokenize, load_conversations
 from softprompt.files import atomic_write_text
 from softprompt.engine.forward import AdaptedLM, batch_loss, enable_gradient_checkpointing, prefix_of
 from softprompt.model import LoadedModel, load_model, model_folder_as_base
@@ -273,6 +273,8 @@ class _Run:
 def train(model_args: ModelArgs, data_args: DataArgs, method_args: MethodArgs, args: TrainArgs) -> TrainResult:
     """Train an adapter as the arguments say and write it to ``args.output_dir`` in PEFT's format."""
     method_args = methods.resolve(method_args)  # the method exists and takes these arguments
+    args, recipe = methods.with_recipe(methods.get(method_args.finetuning_type), args)  # unset lr, schedule
+    log.info(recipe)
     check_output_dir(args, model_args, data_args)
     checkpoint = resume_folder(args)  # --resume_from_checkpoint, checked before anything is loaded
     model_args = model_folder_as_base(model_args)
@@ -290,7 +292,8 @@ def train(model_args: ModelArgs, data_args: DataArgs, method_args: MethodArgs, a
     if (args.early_stopping_patience or args.load_best_model_at_end) and not val_set:
         flag = "--early_stopping_patience" if args.early_stopping_patience else "--load_best_model_at_end"
         raise ArgumentError(f"{flag} needs a validation split: set --val_size")
-    adapter = _initial_adapter(lm, model_args, method_args, args.seed)
+    data = methods.TaskData(lambda: load_conversations(data_args, args.seed))  # read again only if the init asks
+    adapter = _initial_adapter(lm, model_args, method_args, args.seed, data)
     model = AdaptedLM(lm.model, adapter)
     if args.gradient_checkpointing:
         enable_gradient_checkpointing(lm.model)
@@ -341,16 +344,20 @@ def check_quantized(model_args: ModelArgs, method_args: MethodArgs, args: TrainA
                             "(a quantized base takes 1/4 to 1/8 of the memory: it may fit one device)")
 
 
-def _initial_adapter(lm: LoadedModel, model_args: ModelArgs, method_args: MethodArgs, seed: int):
-    """A new adapter, or the one in --adapter_name_or_path to continue training it."""
+def _initial_adapter(lm: LoadedModel, model_args: ModelArgs, method_args: MethodArgs, seed: int,
+                     data: methods.TaskData | None = None):
+    """A new adapter (``data``: the training rows, for a method that reads them), or the one in
+    --adapter_name_or_path to continue training it."""
     spec = methods.get(method_args.finetuning_type)
     if not model_args.adapter_name_or_path:
-        return spec.create(lm.model, lm.tokenizer, method_args, torch.Generator().manual_seed(seed))
+        return spec.create(lm.model, lm.tokenizer, method_args, torch.Generator().manual_seed(seed), data)
     files = methods.read_adapter(model_args.adapter_name_or_path)
     if files.spec is not spec:
         raise ArgumentError(f"--adapter_name_or_path {model_args.adapter_name_or_path} holds a {files.peft_type} "
                             f"adapter; --finetuning_type {method_args.finetuning_type} cannot continue it")
     adapter, _ = files.module(lm.model, lm.name, trainable=True)
+    if spec.carry_on is not None:
+        spec.carry_on(adapter, method_args, torch.Generator().manual_seed(seed))
     log.info("continuing training of %s (%s)", model_args.adapter_name_or_path, files.peft_type)
     return adapter
 
