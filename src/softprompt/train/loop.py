@@ -436,12 +436,12 @@ def _finish(run: _Run, state: RunState) -> TrainResult:
     eval_loss = state.eval_loss
     result = {"global_step": state.step, "train_loss": round(train_loss, 4),
               "train_runtime": round(runtime, 2), "eval_loss": None if eval_loss is None else round(eval_loss, 4),
-              **outputs.sizes, "train_tokens": state.train_tokens,
+              **outputs.sizes, "train_tokens": state.train_tokens, "train_seconds": round(state.train_seconds, 2),
               "train_tokens_per_second": round(state.train_tokens / max(state.update_seconds, 1e-9), 1)}
     if torch.cuda.is_available():
         result["peak_gpu_memory_bytes"] = torch.cuda.max_memory_allocated()
     if run.budget:
-        result.update(train_seconds=round(state.train_seconds, 2), **run.budget.results())
+        result.update(run.budget.results())
     if state.best_step:
         result.update(best_step=state.best_step, best_eval_loss=round(state.best_loss, 4))
     if run.args.load_best_model_at_end and state.best_state is not None:
