@@ -42,14 +42,17 @@ class Budget:
         return self.seconds is not None or self.tokens is not None
 
     def progress(self) -> float:
-        """The fraction of the budget used, in [0, 1]."""
+        """The fraction of the run done, in [0, 1]: of the budget, or of --max_steps where that is further."""
+        steps = self.state.step / self.max_steps if self.state is not None and self.max_steps else 0.0
+        return min(1.0, max(self.used(), steps))
+
+    def used(self) -> float:
+        """The fraction of the budget (time or tokens, whichever is further) used so far."""
         state = self.state
         if state is None:
             return 0.0
-        parts = [state.train_seconds / self.seconds if self.seconds else 0.0,
-                 state.train_tokens / self.tokens if self.tokens else 0.0,
-                 state.step / self.max_steps if self.max_steps else 0.0]
-        return min(1.0, max(parts))
+        return max(state.train_seconds / self.seconds if self.seconds else 0.0,
+                   state.train_tokens / self.tokens if self.tokens else 0.0)
 
     def reached(self) -> bool:
         return bool(self) and self.progress() >= 1.0
@@ -67,13 +70,13 @@ class Budget:
         elif self.tokens and state.train_tokens >= self.tokens:
             what = f"token budget of {self.tokens} tokens reached after {state.step} updates"
         else:
-            what = f"--max_steps {self.max_steps} reached before the budget ({100 * self.progress():.0f}% used)"
+            what = f"--max_steps {self.max_steps} reached before the budget ({100 * self.used():.0f}% used)"
         return (f"stopped: {what} ({state.train_seconds:.1f} s in updates, {state.train_tokens} tokens)")
 
     def results(self) -> dict:
         """What train_results.json records about the budget."""
         return {"max_train_seconds": self.seconds, "max_train_tokens": self.tokens,
-                "budget_used": round(self.progress(), 4)}
+                "budget_used": round(min(1.0, self.used()), 4)}
 
 
 def make_schedule(args: TrainArgs, optimizer, budget: Budget, per_update: int) -> tuple[LambdaLR, int]:
