@@ -5,12 +5,16 @@ adapter, and `softprompt compare --time_budget` gives every method the same trai
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
+import torch
+from transformers import get_scheduler
 
 from softprompt.checkpoint import load_adapter
 from softprompt.cli import main
 from softprompt.methods import read_adapter
+from softprompt.train.budget import RESOLUTION
 from tests.e2e.test_compare import _sentiment
 from tests.e2e.test_resume import interrupt_at, log_rows, same_adapter
 from tests.helpers import train_flags, write_alpaca_dataset
@@ -44,6 +48,12 @@ def test_train_stops_at_its_time_budget(tiny_dir, data_dir, tmp_path, caplog):
     assert rows[-1]["current_steps"] == steps == rows[-1]["total_steps"] and rows[-1]["percentage"] == 100.0
     lrs = [r["learning_rate"] for r in rows]
     assert lrs[0] < max(lrs) and lrs[-1] < 0.1 * max(lrs)  # warmup, then cosine to ~0 at the budget's end
+    # update k's learning rate is the schedule at the progress after update k-1 (not one update behind)
+    shape = get_scheduler("cosine", torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0),
+                          num_warmup_steps=math.ceil(0.1 * RESOLUTION), num_training_steps=RESOLUTION).lr_lambdas[0]
+    for before, row in zip(rows, rows[1:]):
+        expected = 1e-2 * shape(min(RESOLUTION, round(before["train_seconds"] / 2 * RESOLUTION)))
+        assert row["learning_rate"] == pytest.approx(expected, abs=1e-2 * 0.06), row
     assert (out / "training_loss.png").is_file()
     load_adapter(out)
 

@@ -185,8 +185,7 @@ def _update(run: _Run, state: RunState, window: list[tuple[float, dict]]) -> _Up
     if args.max_grad_norm > 0:
         accelerator.clip_grad_norm_(params, args.max_grad_norm)
     lr = scheduler.get_last_lr()[0]
-    optimizer.step()
-    scheduler.step()
+    optimizer.step()  # the scheduler steps in _run, once the update is counted (a budget's progress includes it)
     optimizer.zero_grad(set_to_none=True)
     release_gathered(model)  # --deepspeed: the weights the backward gathered
     return _Update(loss, float(grad_norm), lr, tokens, time.time() - start, window[-1][0])
@@ -404,7 +403,8 @@ def _run(run: _Run, state: RunState) -> TrainResult:
         started = time.time()
         update = _update(run, state, [next(stream) for _ in range(args.gradient_accumulation_steps)])
         state.add_update(update.loss, update.tokens, update.seconds)
-        state.train_seconds += _agreed_seconds(run.accelerator, time.time() - started)
+        state.train_seconds += _agreed_seconds(run, time.time() - started)
+        run.scheduler.step()
         last = state.step >= total or run.budget.reached()
         bar.update(1)
         bar.set_postfix(loss=f"{update.loss:.4f}")
@@ -422,9 +422,10 @@ def _run(run: _Run, state: RunState) -> TrainResult:
     return _finish(run, state)
 
 
-def _agreed_seconds(accelerator: Accelerator, seconds: float) -> float:
-    """The slowest process's ``seconds``, so that every process stops a time-budgeted run at the same update."""
-    if accelerator.num_processes == 1:
+def _agreed_seconds(run: _Run, seconds: float) -> float:
+    """With a budget and several processes, the slowest one's ``seconds``: every process stops at the same update."""
+    accelerator = run.accelerator
+    if not run.budget or accelerator.num_processes == 1:
         return seconds
     return float(accelerator.gather(torch.tensor([seconds], device=accelerator.device)).max())
 
