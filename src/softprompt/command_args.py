@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from softprompt.config import ArgumentError
+from softprompt.config import ArgumentError, parse_duration, parse_token_count
 from softprompt.defaults import MAX_MESSAGES
 
 
@@ -109,6 +109,25 @@ class CompareArgs:
     method_learning_rates: str = ""
     """Learning rates for some methods (method=rate, comma-separated) in place of --learning_rate (default: none;
     a method gets --learning_rate if given, else its own recipe's rate, as `softprompt train` does)."""
+    time_budget: float | None = field(default=None,
+                                      metadata={"parse": lambda text: parse_duration(text, "--time_budget")})
+    """Give every method the same training time instead of the same steps (600, 600s, 10m, 1h30m): each trains
+    with --max_train_seconds, its schedule on the fraction of the budget used; --max_steps and num_train_epochs are
+    not used. (--max_train_seconds is taken as this.)"""
+    budget_tokens: int | None = field(default=None,
+                                      metadata={"parse": lambda text: parse_token_count(text, "--budget_tokens")})
+    """Give every method the same number of real (non-padding) training tokens (50000, 50k, 1.5M): each trains with
+    --max_train_tokens. With the same data and batch for all, this equals the same steps. (--max_train_tokens is
+    taken as this.)"""
+
+    def budget(self) -> tuple[str, float | int, str] | None:
+        """(kind, value, text) of the budget every method gets: ("time", 600.0, "10m"), ("tokens", 50000, "50000
+        tokens"); None: the same steps."""
+        if self.time_budget is not None:
+            return "time", self.time_budget, duration_text(self.time_budget)
+        if self.budget_tokens is not None:
+            return "tokens", self.budget_tokens, f"{self.budget_tokens} tokens"
+        return None
 
     def method_list(self) -> list[str]:
         """The --methods named (empty when unset: the caller takes every registered method)."""
@@ -132,6 +151,17 @@ class CompareArgs:
             raise ArgumentError("--method_learning_rates: every rate must be positive")
         if self.eval_max_samples is not None and self.eval_max_samples < 1:
             raise ArgumentError(f"--eval_max_samples must be at least 1, got {self.eval_max_samples}")
+        if self.time_budget is not None and self.budget_tokens is not None:
+            raise ArgumentError("--time_budget and --budget_tokens are exclusive: compare at equal time or at equal "
+                                "tokens, pick one")
+
+
+def duration_text(seconds: float) -> str:
+    """600 -> '10m', 5400 -> '1h30m', 7.5 -> '7.5s': the way --time_budget is written."""
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{hours:.0f}h" if hours else "", f"{minutes:.0f}m" if minutes else "", f"{secs:g}s" if secs else ""]
+    return "".join(parts) or "0s"
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""``softprompt compare``: train several methods on the same data, steps, seed and batch, and put
-the numbers that decide between them side by side (``compare.md``, ``compare.json``, ``compare.png``).
+"""``softprompt compare``: train several methods on the same data, seed and batch, for the same steps or
+(``--time_budget``, ``--budget_tokens``) the same training time or tokens, and put the numbers that decide
+between them side by side (``compare.md``, ``compare.json``, ``compare.png``).
 
 Each method trains in its own ``softprompt train`` process, so its peak memory is its own (the
 process's peak RSS; on a GPU, ``torch.cuda.max_memory_allocated`` from ``train_results.json``) and
@@ -43,6 +44,8 @@ RUN_FILES = {"trainer_log.jsonl", "train_results.json", "training_args.yaml", "t
 """What a run writes beside its checkpoint; not counted in the checkpoint's bytes."""
 METRIC = {"classification": "accuracy", "generation": "rouge_l", "loss": "loss"}
 REPORT_FILES = ("compare.json", "compare.md", "compare.png")
+BUDGET_FLAGS = {"time_budget": "max_train_seconds", "budget_tokens": "max_train_tokens"}
+"""compare's budget flags and the training flag each one sets."""
 
 
 @dataclass
@@ -73,10 +76,38 @@ def parse_compare(argv: list[str]) -> ComparePlan:
     if targs.learning_rate is not None and len(set(cargs.method_list()) - set(cargs.learning_rates())) > 1:
         log.warning("compare: --learning_rate %g applies to every method not in --method_learning_rates; leave it "
                     "out for each method's own recipe", targs.learning_rate)
-    own = {f.name for cls in (TaskArgs, CompareArgs) for f in fields(cls)} | {"finetuning_type", "output_dir"}
+    _take_budget(cargs, targs)
+    own = {f.name for cls in (TaskArgs, CompareArgs) for f in fields(cls)} | {"finetuning_type", "output_dir",
+                                                                              *BUDGET_FLAGS.values()}
     config = {k: v for k, v in parsed.yaml.items() if k not in own} if parsed.config else None
     return ComparePlan(model, data, targs, task, cargs, parsed.argv_without(own, config=False), config,
                        " ".join(["softprompt compare", *argv]))
+
+
+def _take_budget(cargs: CompareArgs, targs: TrainArgs) -> None:
+    """Training's own budget flags, given to compare, are its --time_budget / --budget_tokens."""
+    for own, train_flag in BUDGET_FLAGS.items():
+        given = getattr(targs, train_flag)
+        if given is not None and getattr(cargs, own) not in (None, given):
+            raise ArgumentError(f"--{own} and --{train_flag} disagree: give one")
+        if given is not None:
+            setattr(cargs, own, given)
+    CompareArgs.__post_init__(cargs)  # the two budgets are still exclusive
+    if cargs.budget() is not None and targs.warmup_steps:
+        raise ArgumentError("--warmup_steps counts updates, which a budget leaves open: use --warmup_ratio, a "
+                            "fraction of the budget")
+    if cargs.budget() is not None and targs.max_steps > 0:
+        log.info("compare: --%s decides when each method stops; --max_steps %d is not used",
+                 "time_budget" if cargs.time_budget is not None else "budget_tokens", targs.max_steps)
+
+
+def _budget_flags(compare: CompareArgs) -> list[str]:
+    """The flags that give one method's training the budget (none: the same steps for all)."""
+    budget = compare.budget()
+    if budget is None:
+        return []
+    flag = "--max_train_seconds" if budget[0] == "time" else "--max_train_tokens"
+    return [flag, repr(budget[1]), "--max_steps", "-1"]
 
 
 def _train_command(plan: ComparePlan, method: str, out: Path) -> list[str]:
@@ -88,7 +119,8 @@ def _train_command(plan: ComparePlan, method: str, out: Path) -> list[str]:
         argv.insert(0, str(path))
     lr = plan.compare.learning_rates().get(method)
     extra = ["--learning_rate", repr(lr)] if lr is not None else []
-    return [sys.executable, "-m", "softprompt", "train", *argv, *extra, "--finetuning_type", method,
+    return [sys.executable, "-m", "softprompt", "train", *argv, *extra, *_budget_flags(plan.compare),
+            "--finetuning_type", method,
             "--output_dir", str(out), "--overwrite_output_dir", "true"]
 
 
@@ -124,9 +156,15 @@ def _train(plan: ComparePlan, method: str, out: Path, bar) -> dict[str, Any]:
         trainable_percent=round(100 * results["trainable_params"] / results["all_params"], 4),
         checkpoint_bytes=sum(p.stat().st_size for p in out.iterdir() if p.is_file() and p.name not in RUN_FILES),
         train_tokens_per_second=results["train_tokens_per_second"], steps=results["global_step"],
+        train_seconds=results.get("train_seconds"), train_tokens=results.get("train_tokens"),
         final_train_loss=losses[-1][1] if losses else None, eval_loss=results["eval_loss"],
         loss_curve=losses, eval_curve=evals, log=str(log_path),
     )
+    if "budget_used" in results:  # a budgeted run: how it stopped, and its losses over training time
+        stops = [ln.split("stopped: ", 1)[1] for ln in log_path.read_text(errors="replace").splitlines()
+                 if "stopped: " in ln]
+        row.update(budget_used=results["budget_used"], stopped=stops[-1] if stops else None,
+                   loss_curve_seconds=[(h["train_seconds"], h["loss"]) for h in history if "train_seconds" in h])
     if "peak_gpu_memory_bytes" in results:
         row["peak_gpu_memory_bytes"] = results["peak_gpu_memory_bytes"]
     return row
@@ -202,12 +240,23 @@ def run_compare(plan: ComparePlan) -> dict[str, Any]:
             rows.append(row)
     report = {"base_model": plan.model.model_name_or_path, "dataset": plan.data.dataset,
               "eval_dataset": plan.compare.eval_dataset, "task": plan.task.task if convs else None,
-              "device": _device(), "command": plan.command, "methods": rows}
+              "device": _device(), "command": plan.command, "equal": _equal(plan), "methods": rows}
     outdir.claim(root, *REPORT_FILES)
     atomic_write_text(root / "compare.json", json.dumps(report, indent=2) + "\n")
     atomic_write_text(root / "compare.md", compare_markdown(report))
     plot_compare(report, root / "compare.png")
     return report
+
+
+def _equal(plan: ComparePlan) -> dict[str, Any]:
+    """What every method got the same of: {"kind": "time" | "tokens" | "steps" | "epochs", "value", "text"}."""
+    budget = plan.compare.budget()
+    if budget is not None:
+        return dict(zip(("kind", "value", "text"), budget))
+    if plan.train.max_steps > 0:
+        return {"kind": "steps", "value": plan.train.max_steps, "text": f"{plan.train.max_steps} updates"}
+    epochs = plan.train.num_train_epochs
+    return {"kind": "epochs", "value": epochs, "text": f"{epochs:g} epochs"}
 
 
 def _device() -> str:
@@ -237,10 +286,13 @@ def compare_markdown(report: dict[str, Any]) -> str:
     gpu = any("peak_gpu_memory_bytes" in r for r in report["methods"])
     metric = next((r["metric"] for r in report["methods"] if "metric" in r), None)
     head = ["method", "lr", "trainable params", "% of model", "checkpoint on disk",
-            "peak GPU MB" if gpu else "peak RSS MB", "train tokens/s", "wall s", "final train loss",
-            "validation loss", *([f"{metric} ({report['eval_dataset']})"] if metric else []), "switch s"]
+            "peak GPU MB" if gpu else "peak RSS MB", "updates", "train s", "train tokens", "train tokens/s", "wall s",
+            "final train loss", "validation loss", *([f"{metric} ({report['eval_dataset']})"] if metric else []),
+            "switch s"]
+    equal = report.get("equal") or {}
     lines = [f"# compare on {report['dataset']} ({report['base_model']}, {report['device']})", "",
-             f"`{report['command']}`", "", "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+             f"`{report['command']}`", "", _equal_line(equal), "",
+             "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for r in report["methods"]:
         if "error" in r:
             lines.append(f"| {r['method']} | {r['learning_rate']:g} | failed: {r['error']} |"
@@ -249,11 +301,25 @@ def compare_markdown(report: dict[str, Any]) -> str:
         mem = r.get("peak_gpu_memory_bytes", r["peak_rss_bytes"])
         value = r.get("metric_value")
         cells = [r["method"], f"{r['learning_rate']:g}", f"{r['trainable_params']:,}", f"{r['trainable_percent']:.3f}",
-                 _size(r["checkpoint_bytes"]), _mb(mem), f"{r['train_tokens_per_second']:.0f}",
+                 _size(r["checkpoint_bytes"]), _mb(mem), str(r["steps"]),
+                 "" if r.get("train_seconds") is None else f"{r['train_seconds']:.1f}",
+                 f"{r['train_tokens']:,}" if r.get("train_tokens") is not None else "",
+                 f"{r['train_tokens_per_second']:.0f}",
                  f"{r['wall_seconds']:.0f}", number(r["final_train_loss"]), number(r["eval_loss"]),
                  *([number(value)] if metric else []), f"{r['switch_seconds']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _equal_line(equal: dict[str, Any]) -> str:
+    """The table's header line: what every method got the same of."""
+    if equal.get("kind") == "time":
+        return (f"**equal time budget: {equal['text']}** per method (time in updates; each stops when it runs out, "
+                "its learning-rate schedule runs on the fraction used), same data order, seed and batch")
+    if equal.get("kind") == "tokens":
+        return (f"**equal token budget: {equal['text']}** (real tokens) per method, same data order, seed and "
+                "batch")
+    return f"**equal steps: {equal.get('text', '?')}** per method, same data order, seed and batch"
 
 
 
@@ -265,21 +331,25 @@ def plot_compare(report: dict[str, Any], path: Path) -> Path:
     ok = [r for r in report["methods"] if "error" not in r]
     bars = [("trainable params", "trainable_params", True), ("checkpoint MB", "checkpoint_bytes", True),
             ("peak memory MB", "peak_rss_bytes", False), ("train tokens/s", "train_tokens_per_second", False),
-            ("wall s", "wall_seconds", False), ("switch s", "switch_seconds", False)]
+            ("updates", "steps", False), ("wall s", "wall_seconds", False), ("switch s", "switch_seconds", False)]
     if any("metric" in r for r in ok):
         bars.append((ok[0]["metric"], "metric_value", False))
     fig = plt.figure(figsize=(14, 8.5), dpi=100)
     grid = fig.add_gridspec(3, 4)
     ax = fig.add_subplot(grid[0, :])
+    timed = (report.get("equal") or {}).get("kind") == "time"  # equal time: losses over training time
     for i, r in enumerate(ok):
         color = f"C{i}"
-        if r["loss_curve"]:
-            ax.plot(*zip(*r["loss_curve"]), color=color, label=r["method"])
-        if r["eval_curve"]:
+        curve = r.get("loss_curve_seconds") if timed else r["loss_curve"]
+        if curve:
+            ax.plot(*zip(*curve), color=color, label=r["method"])
+        if r["eval_curve"] and not timed:
             ax.plot(*zip(*r["eval_curve"]), "o--", color=color, alpha=0.7)
-    ax.set_xlabel("update")
+        elif r["eval_curve"] and curve:  # the final validation loss, at the end of the method's time
+            ax.plot([curve[-1][0]], [r["eval_curve"][-1][1]], "o", color=color, alpha=0.7)
+    ax.set_xlabel("seconds in updates" if timed else "update")
     ax.set_yscale("log")  # one method's first steps can sit far above the others
-    ax.set_ylabel("loss (dashed: validation)")
+    ax.set_ylabel("loss (dots: validation)" if timed else "loss (dashed: validation)")
     ax.grid(alpha=0.3)
     ax.legend(ncol=len(ok) or 1, fontsize=8)
     for k, (title, key, log_scale) in enumerate(bars):
@@ -293,7 +363,9 @@ def plot_compare(report: dict[str, Any], path: Path) -> Path:
             bax.set_yscale("log")
         bax.set_title(title, fontsize=9)
         bax.tick_params(axis="x", labelrotation=45, labelsize=7)
-    fig.suptitle(f"compare on {report['dataset']} ({report['base_model']}, {report['device']})")
+    equal = (report.get("equal") or {}).get("text")
+    fig.suptitle(f"compare on {report['dataset']} ({report['base_model']}, {report['device']})"
+                 + (f": equal {(report.get('equal') or {}).get('kind')}, {equal}" if equal else ""))
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

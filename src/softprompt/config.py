@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +25,32 @@ INITS = ("random", "sample_vocab", "text", "label")
 
 class ArgumentError(ValueError):
     """A user's argument is wrong; the message names it and says what was expected."""
+
+
+_DURATION = re.compile(r"(?:(\d+(?:\.\d*)?)h)?(?:(\d+(?:\.\d*)?)m)?(?:(\d+(?:\.\d*)?)s?)?")
+
+
+def parse_duration(text: Any, flag: str) -> float | None:
+    """A training-time budget in seconds: ``600``, ``600s``, ``10m``, ``1h30m``, ``1.5h`` (None / empty: no
+    budget); anything else, or zero, is an :class:`ArgumentError` naming ``flag``."""
+    if text is None or str(text).strip().lower() in ("", "none", "null"):
+        return None
+    match = _DURATION.fullmatch(str(text).strip().lower().replace(" ", ""))
+    if match and any(match.groups()):
+        hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+        if hours * 3600 + minutes * 60 + seconds > 0:
+            return hours * 3600 + minutes * 60 + seconds
+    raise ArgumentError(f"{flag} expects a positive duration such as 600, 600s, 10m or 1h30m, got {str(text)!r}")
+
+
+def parse_token_count(text: Any, flag: str) -> int | None:
+    """A token budget: a positive whole number, optionally with k or M (``50000``, ``50k``, ``1.5M``)."""
+    if text is None or str(text).strip().lower() in ("", "none", "null"):
+        return None
+    match = re.fullmatch(r"(\d+(?:\.\d*)?)([km]?)", str(text).strip().lower().replace("_", ""))
+    if match and float(match[1]) > 0:
+        return max(1, round(float(match[1]) * {"": 1, "k": 1_000, "m": 1_000_000}[match[2]]))
+    raise ArgumentError(f"{flag} expects a positive number of tokens such as 50000, 50k or 1.5M, got {str(text)!r}")
 
 
 def check_seed(seed: int) -> None:
@@ -272,6 +299,15 @@ class TrainArgs:
     """A DeepSpeed JSON config with ZeRO stage 3 (LLaMA-Factory's ds_z3_config.json works): with several processes,
     partition the frozen base's weights across them (its zero_optimization section applies, offload included) and
     keep the adapter whole on each; its optimizer, scheduler and precision sections are not used."""
+    max_train_seconds: float | None = dataclasses.field(
+        default=None, metadata={"parse": lambda text: parse_duration(text, "--max_train_seconds")})
+    """Stop after this much training time (600, 600s, 10m, 1h30m; time in updates: loading, validation and
+    checkpoints not counted), then save and report as usual. The learning-rate schedule (and warmup_ratio) runs on
+    the fraction of the budget used; num_train_epochs is not used (the data repeats), max_steps still caps."""
+    max_train_tokens: int | None = dataclasses.field(
+        default=None, metadata={"parse": lambda text: parse_token_count(text, "--max_train_tokens")})
+    """Stop after this many real (non-padding) training tokens (50000, 50k, 1.5M); the schedule as with
+    max_train_seconds."""
 
     def __post_init__(self) -> None:
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
@@ -315,6 +351,15 @@ class TrainArgs:
             if not self.eval_steps:
                 raise ArgumentError("--early_stopping_patience needs --eval_steps (and --val_size): "
                                     "it counts validations without improvement")
+        self._check_budget()
+
+    def _check_budget(self) -> None:
+        for name in ("max_train_seconds", "max_train_tokens"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ArgumentError(f"--{name} must be positive, got {getattr(self, name)}")
+        if self.warmup_steps and (self.max_train_seconds or self.max_train_tokens):
+            raise ArgumentError("--warmup_steps counts updates, which a budget (--max_train_seconds / "
+                                "--max_train_tokens) leaves open: use --warmup_ratio, a fraction of the budget")
 
 
 @dataclass

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -23,7 +22,6 @@ import yaml
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import get_scheduler
 
 from softprompt import methods, outdir
 from softprompt.config import ArgumentError, DataArgs, MethodArgs, ModelArgs, TrainArgs, as_dict
@@ -31,6 +29,7 @@ from softprompt.data import IGNORE_INDEX, collate, dataset_files, load_and_token
 from softprompt.files import atomic_write_text
 from softprompt.engine.forward import AdaptedLM, batch_loss, enable_gradient_checkpointing, prefix_of
 from softprompt.model import LoadedModel, load_model, model_folder_as_base
+from softprompt.train.budget import Budget, make_schedule
 from softprompt.train.health import Health, NonFiniteError, check_finite
 from softprompt.train.plot import plot_loss
 from softprompt.train.resume import Rng, continue_from, restore, resume_folder, save_checkpoint
@@ -113,12 +112,6 @@ def _loaders(train_set, val_set, args: TrainArgs, pad_id: int) -> tuple[DataLoad
     return train, val
 
 
-def _total_updates(args: TrainArgs, batches_per_epoch: int) -> int:
-    if args.max_steps > 0:
-        return args.max_steps
-    return max(1, math.ceil(args.num_train_epochs * batches_per_epoch / args.gradient_accumulation_steps))
-
-
 def _micro_batches(loader: DataLoader):
     """Batches forever, epoch after epoch: yields (epoch_float, batch)."""
     epoch = 0
@@ -192,8 +185,7 @@ def _update(run: _Run, state: RunState, window: list[tuple[float, dict]]) -> _Up
     if args.max_grad_norm > 0:
         accelerator.clip_grad_norm_(params, args.max_grad_norm)
     lr = scheduler.get_last_lr()[0]
-    optimizer.step()
-    scheduler.step()
+    optimizer.step()  # the scheduler steps in _run, once the update is counted (a budget's progress includes it)
     optimizer.zero_grad(set_to_none=True)
     release_gathered(model)  # --deepspeed: the weights the backward gathered
     return _Update(loss, float(grad_norm), lr, tokens, time.time() - start, window[-1][0])
@@ -265,6 +257,8 @@ class _Run:
     """Optimizer updates the run makes in all."""
     outputs: _Outputs
     health: Health
+    budget: Budget
+    """--max_train_seconds / --max_train_tokens (falsy: none): what stops the run and drives its schedule."""
     resume_rng: Rng | None = None
     """The checkpoint's random state, put back once the data stream is where the checkpoint left it
     (None: a fresh run)."""
@@ -304,9 +298,8 @@ def train(model_args: ModelArgs, data_args: DataArgs, method_args: MethodArgs, a
     optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                                   eps=args.adam_epsilon, weight_decay=args.weight_decay)
     train_loader, val_loader = _loaders(train_set, val_set, args, lm.tokenizer.pad_token_id)
-    total = _total_updates(args, len(train_loader))
-    warmup = args.warmup_steps or math.ceil(args.warmup_ratio * total)
-    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+    budget = Budget(args)  # --max_train_seconds / --max_train_tokens: the schedule runs on its progress
+    scheduler, total = make_schedule(args, optimizer, budget, len(train_loader))
     if shard_base(model, accelerator, args):  # the base sharded here, the adapter replicated: no DDP wrapper
         optimizer, train_loader = accelerator.prepare(optimizer, train_loader)
     else:
@@ -321,7 +314,7 @@ def train(model_args: ModelArgs, data_args: DataArgs, method_args: MethodArgs, a
     outputs = _Outputs(args, lm, adapter, accelerator, as_dict(model_args, data_args, method_args, args))
     outputs.sizes = {"trainable_params": n_params, "all_params": n_all}
     run = _Run(model, optimizer, scheduler, train_loader, val_loader, accelerator, args, total, outputs,
-               Health(adapter, args), rng)
+               Health(adapter, args), budget, rng)
     try:
         return _run(run, state)
     except NonFiniteError as err:
@@ -365,9 +358,10 @@ def _initial_adapter(lm: LoadedModel, model_args: ModelArgs, method_args: Method
 def _validate(run: _Run, state: RunState, epoch: float, bar) -> bool:
     """The validation loss after ``state.step`` updates, logged; whether early stopping says stop."""
     state.eval_loss = evaluate_loss(run.model, run.val_loader, run.accelerator)
-    run.outputs.record(state, {"current_steps": state.step, "total_steps": run.total,
+    total = _total_and_done(run, state)[0]
+    run.outputs.record(state, {"current_steps": state.step, "total_steps": total,
                                "eval_loss": round(state.eval_loss, 4), "epoch": round(epoch, 3)})
-    bar.write(f"step {state.step}/{run.total}  eval_loss {state.eval_loss:.4f}")
+    bar.write(f"step {state.step}/{total}  eval_loss {state.eval_loss:.4f}")
     stop = run.health.evaluated(state)
     if stop:
         bar.write(f"early stopping at step {state.step}: no lower validation loss in "
@@ -376,17 +370,26 @@ def _validate(run: _Run, state: RunState, epoch: float, bar) -> bool:
     return stop
 
 
+def _total_and_done(run: _Run, state: RunState) -> tuple[int, float]:
+    """The run's updates in all (a budgeted run's: as its progress so far suggests) and the fraction done."""
+    if run.budget:
+        return run.budget.estimated_total(state.step), run.budget.progress()
+    return run.total, state.step / run.total
+
+
 def _log_update(run: _Run, state: RunState, update: _Update, bar) -> None:
     """A log line (trainer_log.jsonl and the console) for the updates since the last one."""
     now = time.time()
     loss, tokens_per_second = state.take_pending(now)
+    total, done = _total_and_done(run, state)
     run.outputs.record(state, {
-        "current_steps": state.step, "total_steps": run.total, "loss": round(loss, 4),
+        "current_steps": state.step, "total_steps": total, "loss": round(loss, 4),
         "learning_rate": update.lr, "grad_norm": round(update.grad_norm, 4),
         "epoch": round(update.epoch, 3), "tokens_per_second": round(tokens_per_second, 1),
-        "percentage": round(100 * state.step / run.total, 2), "elapsed_time": round(now - state.start_time, 1),
+        "percentage": round(100 * done, 2), "elapsed_time": round(now - state.start_time, 1),
+        **({"train_seconds": round(state.train_seconds, 2), "train_tokens": state.train_tokens} if run.budget else {}),
     })
-    bar.write(f"step {state.step}/{run.total}  loss {loss:.4f}  lr {update.lr:.2e}"
+    bar.write(f"step {state.step}/{total}  loss {loss:.4f}  lr {update.lr:.2e}"
               f"  grad_norm {update.grad_norm:.4f}  {tokens_per_second:.0f} tokens/s")
 
 
@@ -398,24 +401,40 @@ def _run(run: _Run, state: RunState) -> TrainResult:
     args, total, main = run.args, run.total, run.accelerator.is_main_process
     if run.resume_rng is not None:  # the data order and random state where the checkpoint left them
         continue_from(stream, state.step * args.gradient_accumulation_steps, run.resume_rng)
-    bar = tqdm(total=total, initial=state.step, desc="train", unit="step", disable=not main)
+    run.budget.state = state
+    bar = tqdm(total=None if run.budget else total, initial=state.step, desc="train", unit="step", disable=not main)
     if not main:
         bar.write = lambda *_, **__: None  # tqdm.write prints even when the bar is disabled; rank 0 reports
-    while state.step < total:
+    last = state.step >= total or run.budget.reached()
+    while not last:
+        started = time.time()
         update = _update(run, state, [next(stream) for _ in range(args.gradient_accumulation_steps)])
         state.add_update(update.loss, update.tokens, update.seconds)
+        state.train_seconds += _agreed_seconds(run, time.time() - started)
+        run.scheduler.step()
+        last = state.step >= total or run.budget.reached()
         bar.update(1)
         bar.set_postfix(loss=f"{update.loss:.4f}")
-        if state.step % args.logging_steps == 0 or state.step == total:
+        if state.step % args.logging_steps == 0 or last:
             _log_update(run, state, update, bar)
-        validate = (args.eval_steps and state.step % args.eval_steps == 0) or state.step == total
+        validate = (args.eval_steps and state.step % args.eval_steps == 0) or last
         if run.val_loader is not None and validate and _validate(run, state, update.epoch, bar):
             break
-        if args.save_steps and state.step % args.save_steps == 0 and state.step != total:
+        if args.save_steps and state.step % args.save_steps == 0 and not last:
             save_checkpoint(run.outputs, state, run.accelerator.unwrap_model(run.model), run.optimizer,
                             run.scheduler, args)
     bar.close()
+    if run.budget and last:
+        log.info("%s", run.budget.stop_line())
     return _finish(run, state)
+
+
+def _agreed_seconds(run: _Run, seconds: float) -> float:
+    """With a budget and several processes, the slowest one's ``seconds``: every process stops at the same update."""
+    accelerator = run.accelerator
+    if not run.budget or accelerator.num_processes == 1:
+        return seconds
+    return float(accelerator.gather(torch.tensor([seconds], device=accelerator.device)).max())
 
 
 def _finish(run: _Run, state: RunState) -> TrainResult:
@@ -425,10 +444,12 @@ def _finish(run: _Run, state: RunState) -> TrainResult:
     eval_loss = state.eval_loss
     result = {"global_step": state.step, "train_loss": round(train_loss, 4),
               "train_runtime": round(runtime, 2), "eval_loss": None if eval_loss is None else round(eval_loss, 4),
-              **outputs.sizes, "train_tokens": state.train_tokens,
+              **outputs.sizes, "train_tokens": state.train_tokens, "train_seconds": round(state.train_seconds, 2),
               "train_tokens_per_second": round(state.train_tokens / max(state.update_seconds, 1e-9), 1)}
     if torch.cuda.is_available():
         result["peak_gpu_memory_bytes"] = torch.cuda.max_memory_allocated()
+    if run.budget:
+        result.update(run.budget.results())
     if state.best_step:
         result.update(best_step=state.best_step, best_eval_loss=round(state.best_loss, 4))
     if run.args.load_best_model_at_end and state.best_state is not None:

@@ -126,6 +126,7 @@ def _state_json(state: RunState, args: TrainArgs) -> dict[str, Any]:
     return {
         "global_step": state.step, "losses": state.losses, "pending": state.pending,
         "eval_loss": state.eval_loss, "train_tokens": state.train_tokens,
+        "train_seconds": state.train_seconds,
         "best_loss": state.best_loss if state.best_step else None, "best_step": state.best_step,
         "evals_without_improvement": state.evals_without_improvement,
         "args": {name: getattr(args, name) for name in DATA_ORDER_ARGS},
@@ -208,7 +209,7 @@ def _state_problem(state: Any, total: int | None) -> str | None:
             return f"'{key}' must be a list of finite numbers"
     if "losses" in state and len(state["losses"]) != step:
         return f"'losses' holds {len(state['losses'])} values for 'global_step' {step}"
-    for key in ("eval_loss", "best_loss"):
+    for key in ("eval_loss", "best_loss", "train_seconds"):
         if state.get(key) is not None and not _is_number(state[key]):
             return f"'{key}' must be a number or null, got {one_line(repr(state[key]), 40)}"
     for key in ("train_tokens", "best_step", "evals_without_improvement"):
@@ -309,7 +310,8 @@ def _run_state(saved: dict[str, Any], best_state: Any) -> RunState:
     return RunState(
         step=saved["global_step"], losses=[float(x) for x in saved.get("losses", [])],
         pending=[float(x) for x in saved.get("pending", [])], eval_loss=saved.get("eval_loss"),
-        train_tokens=int(saved.get("train_tokens") or 0), best_step=int(saved.get("best_step") or 0),
+        train_tokens=int(saved.get("train_tokens") or 0), train_seconds=float(saved.get("train_seconds") or 0.0),
+        best_step=int(saved.get("best_step") or 0),
         best_loss=float(best_loss) if best_loss is not None else float("inf"),
         evals_without_improvement=int(saved.get("evals_without_improvement") or 0), best_state=best_state,
     )

@@ -34,6 +34,9 @@ class RunState:
     """The last validation loss."""
     train_tokens: int = 0
     """Real (non-padding) tokens trained on so far."""
+    train_seconds: float = 0.0
+    """Seconds in updates, fetching their batches included, over the whole run (a resumed run's include the
+    checkpoint's): what --max_train_seconds counts."""
     update_seconds: float = 0.0
     """Seconds spent in updates (validation excluded) by this process since it started; not saved."""
     start_time: float = 0.0
