@@ -37,7 +37,7 @@ def test_train_stops_at_its_time_budget(tiny_dir, data_dir, tmp_path, caplog):
     out = tmp_path / "out"
     with caplog.at_level("INFO", logger="softprompt"):
         assert main(train_flags(tiny_dir, data_dir, out, max_steps=-1, max_train_seconds="2s", val_size=4,
-                                logging_steps=1, warmup_ratio=0.1, plot_loss="true")) == 0
+                                logging_steps=1, warmup_ratio=0.1, lr_scheduler_type="cosine", plot_loss="true")) == 0
     results = json.loads((out / "train_results.json").read_text())
     steps = results["global_step"]
     assert f"stopped: time budget of 2 s reached after {steps} updates" in _said(caplog)
