@@ -23,7 +23,7 @@ from softprompt.methods.lora import Lora
 from softprompt.methods.p_tuning import PTuning
 from softprompt.methods.prefix_tuning import PrefixTuning, kv_shape
 from softprompt.methods.prompt_tuning import PromptTuning
-from tests.families import build_family
+from tests.families import FAMILIES, build_family
 
 IGNORE = -100
 
@@ -203,3 +203,38 @@ def test_dropout_turns_the_shared_pass_off(tiny_dir):
     with torch.no_grad():
         model(*shared_batch(300, *BATCHES["common_prefix"][:3]))
     assert len(calls) == 3  # no dropout in eval mode: the shared pass, then the suffixes
+
+
+FAMILY_CASES = [(f, m) for f, fam in FAMILIES.items() if "model" not in fam.refused
+                for m in ("prompt_tuning", "p_tuning", "prefix_tuning") if m not in fam.refused]
+
+
+@pytest.mark.parametrize("family,method", FAMILY_CASES)
+def test_every_family_shared_equals_rows(family, method):
+    """Every architecture family the engine runs (learned positions, ALiBi, soft-capping, narrow embeddings,
+    per-layer head sizes...): the shared pass gives the row-by-row loss and gradients. In eval mode: GPT-2 and
+    OPT drop out in training (there the shared pass turns itself off), and gradients flow all the same."""
+    base = build_family(family, 300).requires_grad_(False)
+    width = base.get_input_embeddings().embedding_dim
+    torch.manual_seed(0)
+    ours = {"prompt_tuning": lambda: PromptTuning(5, width), "p_tuning": lambda: PTuning(5, width, "MLP", 24),
+            "prefix_tuning": lambda: PrefixTuning(4, *kv_shape(base), prefix_projection=True,
+                                                  encoder_hidden_size=20)}[method]()
+    if method == "prompt_tuning":
+        with torch.no_grad():
+            ours.embedding.weight.normal_(0, 1.0)
+    ids, mask, labels = shared_batch(300, *BATCHES["near_labels"][:3])
+    params = dict(ours.named_parameters())
+    out = {on: loss_and_grads(lambda: (lambda s, n: s / n)(*AdaptedLM(base, ours, shared_prefix=on).eval()(
+        ids, mask, labels)), params) for on in (True, False)}
+    assert_same(out[True], out[False], f"{family} {method}")
+
+
+def test_a_prompt_encoder_dropout_keeps_the_shared_pass(tiny_dir):
+    """p-tuning's encoder dropout runs once per batch, shared pass or not: only the base's dropout turns it off."""
+    base = _base(tiny_dir, None)
+    model = AdaptedLM(base, PTuning(5, base.config.hidden_size, "MLP", 24, dropout=0.3)).train()
+    calls = []
+    base.get_decoder().register_forward_pre_hook(lambda *_: calls.append(1))
+    model(*shared_batch(300, *BATCHES["common_prefix"][:3]))
+    assert len(calls) == 2  # the prompt with the shared tokens, then the suffixes

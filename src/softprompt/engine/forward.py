@@ -180,8 +180,9 @@ def prefix_of(base: PreTrainedModel, adapter, shared_ids: torch.Tensor | None = 
 
 
 def _has_dropout(model: nn.Module) -> bool:
-    """Whether ``model`` drops anything while training (a dropout module, or an attention dropout in its config):
-    then rows draw their own masks, and a prefix run once would share one."""
+    """Whether the base ``model`` drops anything while training (a dropout module, LoRA's included, or an attention
+    dropout in its config): then rows draw their own masks, and a prefix run once would share one. (A prompt
+    encoder's dropout, p-tuning's, runs once per batch either way.)"""
     config = getattr(model, "config", None)
     return (any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())
             or float(getattr(config, "attention_dropout", 0.0) or 0.0) > 0)
@@ -205,7 +206,7 @@ class AdaptedLM(nn.Module):
         self.base = base
         self.adapter = adapter
         self.shared_prefix = shared_prefix
-        self._dropout = _has_dropout(self)
+        self._dropout = _has_dropout(base)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
