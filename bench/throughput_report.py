@@ -52,7 +52,7 @@ def md_row(report: dict, r: dict) -> str:
     worst = max((r["parity"][m] for m in METHODS[1:]), key=lambda d: d["grad_norm_rel_diff"])
     worst_loss = max(r["parity"][m]["loss_rel_diff"] for m in METHODS[1:])
     return (f"| {report['environment']['device']} | {s['model']} | {r['rows']} | {r['num_virtual_tokens']} "
-            f"| {s['batch_size']} | {s['seq_len']} | {s['dtype']} | {min(shared)}-{max(shared)} | {med['peft']:.1f} "
+            f"| {s['batch_size']} | {report['data'][r['rows']]['cut_at']} | {s['dtype']} | {min(shared)}-{max(shared)} | {med['peft']:.1f} "
             f"| {med['softprompt_rows']:.1f} | {med['softprompt']:.1f} "
             f"| {r['speedup_rows']:.2f}x ({rows[0]:.2f}–{rows[1]:.2f}) "
             f"| {r['speedup']:.2f}x ({r['per_repeat_speedup_min']:.2f}–{r['per_repeat_speedup_max']:.2f}) "
@@ -61,7 +61,8 @@ def md_row(report: dict, r: dict) -> str:
 
 def markdown(report: dict) -> str:
     s = report["settings"]
-    data = "; ".join(f"{name}: {d['source']}, {d['mean_real_tokens_per_row']:.1f} real tokens per row"
+    data = "; ".join(f"{name}: {d['source']} cut at {d['cut_at']} tokens, {d['mean_real_tokens_per_row']:.1f} real "
+                     f"tokens per row"
                      for name, d in report["data"].items())
     lines = [
         "# Training throughput: softprompt vs PEFT prompt tuning", "",
