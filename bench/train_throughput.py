@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Training throughput: softprompt's prefix-KV prompt tuning against PEFT's PromptTuning.
 
-Both methods train the same soft prompt (same initial weights) on the same frozen model with
+Three trainers: PEFT, softprompt with the batch's common token prefix run once (``softprompt``, the
+default ``shared_prefix=True``) and softprompt running every row whole (``softprompt_rows``). They train the same soft prompt (same initial weights) on the same frozen model with
 the same batches. A step is forward + backward + AdamW on the prompt only. softprompt runs the
 prompt once per batch (batch 1) and lets every row attend to its expanded K/V; PEFT concatenates
 the prompt to every row. Throughput counts *real* tokens only (the sum of attention_mask;
@@ -15,6 +16,11 @@ compute the same loss and gradient; the benchmark stops if they do not.
     .venv/bin/python bench/train_throughput.py                 # the default model, 100 virtual tokens
     .venv/bin/python bench/train_throughput.py --num_virtual_tokens 20,100
     .venv/bin/python bench/train_throughput.py --quick         # seconds: a tiny random model
+    .venv/bin/python bench/train_throughput.py --rows sst2     # only the SST-2-shaped rows
+
+Two row sets (``--rows``): ``alpaca`` (alpaca_en_demo, varied instructions; rows share the chat
+template's system text) and ``sst2`` (one instruction for every row, a short phrase, one answer word:
+bench/sst2_rows.py).
 
 Writes ``train_throughput.json`` and ``train_throughput.md`` under ``--out``.
 """
@@ -48,16 +54,22 @@ from tqdm.auto import tqdm
 
 from softprompt.config import DEFAULT_MODEL, DataArgs, MethodArgs
 from softprompt.data import collate, load_and_tokenize
-from softprompt.engine.forward import AdaptedLM
+from softprompt.engine.forward import AdaptedLM, shared_length
 from softprompt.methods import prompt_tuning
 from softprompt.model import load_model
+
+from sst2_rows import MAX_ROWS, sst2_dataset  # bench/, this script's folder
+from throughput_report import METHODS, data_stats, noise_warnings, print_table, print_warnings, write_outputs
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = "../shared/datasets"  # relative to the repository root
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 LOSS_RTOL = {"fp32": 1e-4, "bf16": 2e-2, "fp16": 2e-2}  # parity check: relative loss difference
 GRAD_RTOL = {"fp32": 1e-3, "bf16": 1e-1, "fp16": 1e-1}  # max |dgrad| / max |grad|
-METHODS = ("peft", "softprompt")
+ROW_SETS = ("alpaca", "sst2")
+SST2_SEQ_LEN = 128
+"""SST-2 rows are cut at max(--seq_len, this): with the default model they run to ~100 tokens, and a cut prompt
+loses its middle (the instruction, which the rows share)."""
 LR = 1e-3
 
 
@@ -80,6 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     p.add_argument("--dataset", default=None, help="default: alpaca_en_demo from ../shared/datasets, else demo_short_answers")
     p.add_argument("--dataset_dir", default=None, help="relative paths are taken from the repository root")
+    p.add_argument("--rows", default="alpaca,sst2", help="row sets, comma-separated: alpaca (--dataset), sst2")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's own choice)")
     p.add_argument("--out", default=None, help="output folder (default bench/results; output/bench_quick with --quick)")
@@ -94,6 +107,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--num_virtual_tokens must be integers separated by commas, got {args.num_virtual_tokens!r}")
     if not args.lengths or min(args.lengths) < 1 or min(args.steps, args.repeats, args.batch_size) < 1 or args.warmup < 0:
         p.error("--num_virtual_tokens, --steps, --repeats and --batch_size must be positive, --warmup not negative")
+    args.row_sets = [x.strip() for x in args.rows.split(",") if x.strip()]
+    if not args.row_sets or set(args.row_sets) - set(ROW_SETS):
+        p.error(f"--rows takes {', '.join(ROW_SETS)} (comma-separated), got {args.rows!r}")
     args.out = Path(args.out or REPO / ("output/bench_quick" if args.quick else "bench/results"))
     args.dataset, args.dataset_dir = default_dataset(args.dataset, args.dataset_dir)
     return args
@@ -165,9 +181,11 @@ def load_base(args: argparse.Namespace, tmp: str):
     return lm.model, lm.tokenizer, label
 
 
-def make_batches(args: argparse.Namespace, tokenizer, count: int) -> list[dict[str, torch.Tensor]]:
-    """``count`` right-padded batches of real examples, cut at ``seq_len`` tokens, in a fixed order."""
-    data_args = DataArgs(dataset=args.dataset, dataset_dir=str(REPO / args.dataset_dir), cutoff_len=args.seq_len)
+def make_batches(args: argparse.Namespace, tokenizer, count: int, dataset: str, dataset_dir: str,
+                 max_samples: int | None = None, cutoff: int | None = None) -> list[dict[str, torch.Tensor]]:
+    """``count`` right-padded batches of real examples, cut at ``cutoff`` (``seq_len``) tokens, in a fixed order."""
+    data_args = DataArgs(dataset=dataset, dataset_dir=str(REPO / dataset_dir), cutoff_len=cutoff or args.seq_len,
+                         max_samples=max_samples)
     examples, _ = load_and_tokenize(data_args, tokenizer, args.seed)
     random.Random(args.seed).shuffle(examples)
     need = count * args.batch_size
@@ -186,17 +204,19 @@ class Trainer:
     loss: Callable[[dict[str, torch.Tensor]], torch.Tensor]
 
 
-def softprompt_trainer(base, prompt: torch.Tensor) -> Trainer:
+def softprompt_trainer(base, prompt: torch.Tensor, shared: bool) -> Trainer:
+    """softprompt's engine; ``shared``: the batch's common token prefix runs once (AdaptedLM's shared_prefix)."""
     adapter = prompt_tuning.PromptTuning(*prompt.shape).to(prompt.device)
     with torch.no_grad():
         adapter.embedding.weight.copy_(prompt)
-    model = AdaptedLM(base, adapter).train()
+    model = AdaptedLM(base, adapter, shared_prefix=shared).train()
 
     def loss(batch):
         loss_sum, n = model(batch["input_ids"], batch["attention_mask"], batch["labels"])
         return loss_sum / n
 
-    return Trainer("softprompt", model, adapter.embedding.weight, *_stepper(loss, adapter.embedding.weight))
+    name = "softprompt" if shared else "softprompt_rows"
+    return Trainer(name, model, adapter.embedding.weight, *_stepper(loss, adapter.embedding.weight))
 
 
 def peft_trainer(base, prompt: torch.Tensor) -> Trainer:
@@ -253,7 +273,8 @@ def sync(device: torch.device) -> None:
 
 
 def parity(trainers: dict[str, Trainer], batch: dict[str, torch.Tensor], dtype: str) -> dict:
-    """Loss and gradient of both methods on one batch, before any update: they must agree."""
+    """Loss and gradient of every trainer on one batch, before any update: each softprompt one must agree
+    with PEFT (loss: relative difference; gradient: max |dgrad| / max |grad| and ||dgrad|| / ||grad||)."""
     losses, grads = {}, {}
     for name, t in trainers.items():
         loss = t.loss(batch)
@@ -261,15 +282,16 @@ def parity(trainers: dict[str, Trainer], batch: dict[str, torch.Tensor], dtype: 
         losses[name] = float(loss.detach())
         grads[name] = t.weight.grad.detach().float().clone()
         t.weight.grad = None
-    loss_rel = abs(losses["softprompt"] - losses["peft"]) / abs(losses["peft"])
-    grad_rel = float((grads["softprompt"] - grads["peft"]).abs().max() / grads["peft"].abs().max())
-    return {
-        "peft_loss": losses["peft"], "softprompt_loss": losses["softprompt"],
-        "loss_rel_diff": loss_rel, "loss_rel_tol": LOSS_RTOL[dtype],
-        "grad_max_rel_diff": grad_rel, "grad_rel_tol": GRAD_RTOL[dtype],
-        "ok": loss_rel < LOSS_RTOL[dtype] and grad_rel < GRAD_RTOL[dtype],
-        "prompt_dtype": {name: str(t.weight.dtype).removeprefix("torch.") for name, t in trainers.items()},
-    }
+    out: dict = {"loss": losses, "loss_rel_tol": LOSS_RTOL[dtype], "grad_rel_tol": GRAD_RTOL[dtype], "ok": True,
+                 "prompt_dtype": {name: str(t.weight.dtype).removeprefix("torch.") for name, t in trainers.items()}}
+    ref = grads["peft"]
+    for name in METHODS[1:]:
+        loss_rel = abs(losses[name] - losses["peft"]) / abs(losses["peft"])
+        grad_rel = float((grads[name] - ref).abs().max() / ref.abs().max())
+        out[name] = {"loss_rel_diff": loss_rel, "grad_max_rel_diff": grad_rel,
+                     "grad_norm_rel_diff": float((grads[name] - ref).norm() / ref.norm())}
+        out["ok"] &= loss_rel < LOSS_RTOL[dtype] and grad_rel < GRAD_RTOL[dtype]
+    return out
 
 
 def timed(trainer: Trainer, batches: list[dict], device: torch.device, bar) -> float:
@@ -307,9 +329,10 @@ def peak_memory(trainers: dict[str, Trainer], batch: dict, device: torch.device)
 
 
 def bench_setting(args, base, tokenizer, batches: list[dict], length: int, device, bar) -> dict:
-    """Parity check, warmup, then ``repeats`` interleaved timings of both methods at one prompt length."""
+    """Parity check, warmup, then ``repeats`` interleaved timings of the trainers at one prompt length."""
     prompt = initial_prompt(base, tokenizer, length, args.seed)
-    trainers = {"peft": peft_trainer(base, prompt), "softprompt": softprompt_trainer(base, prompt)}
+    trainers = {"peft": peft_trainer(base, prompt), "softprompt": softprompt_trainer(base, prompt, True),
+                "softprompt_rows": softprompt_trainer(base, prompt, False)}
     check_base_untouched(base)
     check = parity(trainers, batches[0], args.dtype)
     if not check["ok"]:
@@ -320,7 +343,7 @@ def bench_setting(args, base, tokenizer, batches: list[dict], length: int, devic
             t.step(batch)
     seconds: dict[str, list[float]] = {m: [] for m in METHODS}
     for r in range(args.repeats):
-        for name in METHODS if r % 2 == 0 else METHODS[::-1]:  # A B, B A, ...: no method always goes first
+        for name in METHODS[r % 3:] + METHODS[:r % 3]:  # A B C, B C A, C A B, ...: no method always goes first
             bar.set_postfix_str(f"L={length} repeat {r + 1}/{args.repeats} {name}")
             seconds[name].append(timed(trainers[name], measured, device, bar))
     memory = peak_memory(trainers, measured[0], device)
@@ -334,6 +357,7 @@ def summarise(length: int, measured: list[dict], seconds: dict, check: dict, mem
     tps = {m: [tokens / s for s in seconds[m]] for m in METHODS}
     median = {m: statistics.median(tps[m]) for m in METHODS}
     ratios = [s / p for s, p in zip(tps["softprompt"], tps["peft"])]
+    rows_ratios = [s / p for s, p in zip(tps["softprompt_rows"], tps["peft"])]
     return {
         "num_virtual_tokens": length,
         "parity": check,
@@ -345,104 +369,12 @@ def summarise(length: int, measured: list[dict], seconds: dict, check: dict, mem
         "per_repeat_speedup": ratios,
         "per_repeat_speedup_min": min(ratios),
         "per_repeat_speedup_max": max(ratios),
+        "speedup_rows": median["softprompt_rows"] / median["peft"],
+        "per_repeat_speedup_rows": rows_ratios,
+        "shared_vs_rows": median["softprompt"] / median["softprompt_rows"],
+        "shared_tokens_per_batch": [shared_length(b["input_ids"], b["attention_mask"], b["labels"]) for b in measured],
         "memory": memory,
     }
-
-
-# ----------------------------------------------------------------------------- reporting
-
-MD_HEADER = (
-    "| device | model | virtual tokens | batch | seq len | dtype | PEFT tokens/s | softprompt tokens/s | speedup |\n"
-    "|---|---|---:|---:|---:|---|---:|---:|---:|"
-)
-
-
-def data_stats(measured: list[dict]) -> dict:
-    masks = [b["attention_mask"] for b in measured]
-    rows = sum(m.shape[0] for m in masks)
-    return {
-        "measured_batches": len(measured),
-        "rows_per_repeat": rows,
-        "mean_real_tokens_per_row": sum(int(m.sum()) for m in masks) / rows,
-        "mean_padded_width": sum(m.shape[1] for m in masks) / len(masks),
-        "labelled_tokens_per_repeat": sum(int((b["labels"][:, 1:] != -100).sum()) for b in measured),
-    }
-
-
-def noise_warnings(report: dict) -> list[str]:
-    """Signs that other work competed with the benchmark: a high load average, a wide ratio spread."""
-    env, out = report["environment"], []
-    load, threads = env.get("loadavg_1m_at_end"), env["torch_threads"]
-    if env["device_type"] == "cpu" and load is not None and load > threads + 0.75:
-        out.append(f"1-minute load average {load} at the end, above the benchmark's {threads} thread(s): other "
-                   "processes competed for the CPU, so the numbers are low and noisy; rerun on a quiet machine")
-    for r in report["results"]:
-        lo, hi = r["per_repeat_speedup_min"], r["per_repeat_speedup_max"]
-        if hi > 1.15 * lo:
-            out.append(f"{r['num_virtual_tokens']} virtual tokens: per-repeat speedups range {lo:.2f}-{hi:.2f}, "
-                       "so the machine was noisy during this setting")
-    return out
-
-
-def md_row(report: dict, r: dict) -> str:
-    s = report["settings"]
-    med = r["median_tokens_per_s"]
-    speedup = f"{r['speedup']:.2f}x ({r['per_repeat_speedup_min']:.2f}–{r['per_repeat_speedup_max']:.2f})"
-    return (f"| {report['environment']['device']} | {s['model']} | {r['num_virtual_tokens']} | {s['batch_size']} "
-            f"| {s['seq_len']} | {s['dtype']} | {med['peft']:.1f} | {med['softprompt']:.1f} | {speedup} |")
-
-
-def markdown(report: dict) -> str:
-    s, d = report["settings"], report["data"]
-    lines = [
-        "# Training throughput: softprompt vs PEFT prompt tuning", "",
-        f"Real tokens/s (sum of attention_mask; virtual tokens not counted), median of {s['repeats']} interleaved "
-        f"repeats of {s['steps']} steps (forward + backward + AdamW on the prompt) after {s['warmup']} warmup step(s). "
-        f"Speedup = ratio of the medians (min–max of the per-repeat ratios). Data: {s['dataset']}, "
-        f"{d['mean_real_tokens_per_row']:.1f} real tokens per row on average. {report['timestamp']}.", "",
-        MD_HEADER, *(md_row(report, r) for r in report["results"]), "",
-        "Reproduce:", "", "```sh", report["command"], "```", "",
-        *(f"**Warning:** {w}\n" for w in report["warnings"]),
-    ]
-    mem = [r for r in report["results"] if r["memory"]]
-    for r in mem:
-        m = r["memory"]
-        lines.append(f"Peak CUDA memory of one step above the resident weights at {r['num_virtual_tokens']} virtual "
-                     f"tokens: PEFT {m['peft']['step_bytes'] / 2**20:.0f} MiB, "
-                     f"softprompt {m['softprompt']['step_bytes'] / 2**20:.0f} MiB.")
-    return "\n".join(lines) + ("\n" if mem else "")
-
-
-def print_table(report: dict) -> None:
-    print(f"\n{report['environment']['device']} | {report['settings']['model']} | batch {report['settings']['batch_size']}"
-          f" | seq len {report['settings']['seq_len']} | {report['settings']['dtype']} | "
-          f"{report['environment']['torch_threads']} threads | {report['wall_seconds']:.0f} s in all")
-    print(f"{'virtual':>7} {'PEFT tok/s':>11} {'softprompt tok/s':>17} {'speedup':>8} {'per-repeat':>13} "
-          f"{'loss rel diff':>14}")
-    for r in report["results"]:
-        med = r["median_tokens_per_s"]
-        spread = f"{r['per_repeat_speedup_min']:.2f}-{r['per_repeat_speedup_max']:.2f}"
-        print(f"{r['num_virtual_tokens']:>7} {med['peft']:>11.1f} {med['softprompt']:>17.1f} {r['speedup']:>7.2f}x "
-              f"{spread:>13} {r['parity']['loss_rel_diff']:>14.1e}")
-        if r["memory"]:
-            m = r["memory"]
-            print(f"{'':>7} step memory (MiB): PEFT {m['peft']['step_bytes'] / 2**20:.0f}, "
-                  f"softprompt {m['softprompt']['step_bytes'] / 2**20:.0f}")
-
-
-def print_warnings(report: dict) -> None:
-    for w in report["warnings"]:
-        print(f"WARNING: {w}")
-
-
-def write_outputs(report: dict, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    for name, text in (("train_throughput.json", json.dumps(report, indent=2) + "\n"),
-                       ("train_throughput.md", markdown(report))):
-        tmp = out / (name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
-    print(f"wrote {out / 'train_throughput.json'} and {out / 'train_throughput.md'}")
 
 
 def command_line(argv: list[str] | None) -> str:
@@ -451,6 +383,20 @@ def command_line(argv: list[str] | None) -> str:
 
 
 # ----------------------------------------------------------------------------- main
+
+
+def row_batches(args: argparse.Namespace, tokenizer, tmp: str) -> dict[str, tuple[str, int, list[dict]]]:
+    """Each row set's (description, the length rows are cut at, batches): ``alpaca`` from --dataset, ``sst2`` from bench/sst2_rows.py."""
+    count, out = args.warmup + args.steps, {}
+    for name in args.row_sets:
+        if name == "sst2":
+            dataset, folder, source = sst2_dataset(REPO, SHARED_DATASETS, tmp, args.seed)
+            cutoff = max(args.seq_len, SST2_SEQ_LEN)  # whole rows: a cut prompt loses its middle, the instruction
+            out[name] = (source, cutoff, make_batches(args, tokenizer, count, dataset, folder, MAX_ROWS, cutoff))
+        else:
+            out[name] = (f"{args.dataset} ({args.dataset_dir})", args.seq_len,
+                         make_batches(args, tokenizer, count, args.dataset, args.dataset_dir))
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -463,11 +409,15 @@ def main(argv: list[str] | None = None) -> dict:
     start, load_at_start = time.perf_counter(), _loadavg()
     with tempfile.TemporaryDirectory() as tmp:
         base, tokenizer, label = load_base(args, tmp)
+        sets = row_batches(args, tokenizer, tmp)
     base.to(device)
-    batches = [{k: v.to(device) for k, v in b.items()} for b in make_batches(args, tokenizer, args.warmup + args.steps)]
-    total = len(args.lengths) * args.repeats * len(METHODS) * args.steps
+    total = len(sets) * len(args.lengths) * args.repeats * len(METHODS) * args.steps
+    results = []
     with tqdm(total=total, desc="measured steps", unit="step") as bar:
-        results = [bench_setting(args, base, tokenizer, batches, n, device, bar) for n in args.lengths]
+        for name, (_, _, batches) in sets.items():
+            batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
+            for n in args.lengths:
+                results.append({"rows": name, **bench_setting(args, base, tokenizer, batches, n, device, bar)})
     env = environment(device)
     env["loadavg_1m_at_start"], env["loadavg_1m_at_end"] = load_at_start, _loadavg()
     report = {
@@ -479,11 +429,12 @@ def main(argv: list[str] | None = None) -> dict:
         "settings": {
             "model": label, "num_virtual_tokens": args.lengths, "batch_size": args.batch_size,
             "seq_len": args.seq_len, "dtype": args.dtype, "steps": args.steps, "repeats": args.repeats,
-            "warmup": args.warmup, "dataset": args.dataset, "dataset_dir": args.dataset_dir, "seed": args.seed,
-            "optimizer": f"AdamW lr={LR} on the prompt only", "order": "interleaved per repeat: A B, B A, ...",
-            "quick": args.quick,
+            "warmup": args.warmup, "rows": args.row_sets, "dataset": args.dataset, "dataset_dir": args.dataset_dir,
+            "seed": args.seed, "optimizer": f"AdamW lr={LR} on the prompt only",
+            "order": "interleaved per repeat, rotated: A B C, B C A, C A B, ...", "quick": args.quick,
         },
-        "data": data_stats(batches[args.warmup :]),
+        "data": {name: {"source": source, "cut_at": cut, **data_stats(b[args.warmup:])}
+                 for name, (source, cut, b) in sets.items()},
         "results": results,
     }
     report["warnings"] = noise_warnings(report)

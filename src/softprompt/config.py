@@ -292,6 +292,16 @@ class TrainArgs:
     gradient_checkpointing: bool = False
     """Recompute each decoder layer's activations in the backward pass instead of keeping them: less memory,
     about a third more compute. Works with every method, prefix tuning included."""
+    shared_prefix: bool = True
+    """Run the tokens every row of a batch starts with (the chat template's system text, a dataset's instruction;
+    at least 4, before any label) once per batch, batch 1, right after the soft prompt (or prefix tuning's K/V, or
+    alone for lora/full/freeze), with gradient, and only each row's own tokens after them: the same loss and
+    gradients for less compute. Off while the base drops out in training (LoRA's dropout included: each row
+    draws its own masks)."""
+    group_by_prefix: bool = False
+    """Shuffle the training rows as usual, then, within windows of 64 batches, sort them by their tokens so that
+    rows with the same leading tokens (e.g. the same instruction) share batches, and shuffle the batches' order:
+    longer shared prefixes (--shared_prefix) in datasets that mix instructions. Deterministic under --seed."""
     fsdp: str = ""
     """'full_shard' (or LLaMA-Factory's 'full_shard auto_wrap'): with several processes, shard the frozen base's
     decoder layers across them (FSDP2) and keep the adapter whole on each; for a base that does not fit one device."""

@@ -77,15 +77,17 @@ class PrefixKV:
         return PrefixKV([k.detach() for k in self.keys], [v.detach() for v in self.values])
 
 
-def build_prefix(model: PreTrainedModel, prompt_embeds: torch.Tensor) -> PrefixKV:
-    """Run the frozen decoder once over ``prompt_embeds`` (L, d) at positions ``0..L-1``.
+def build_prefix(model: PreTrainedModel, prompt_embeds: torch.Tensor, after: PrefixKV | None = None) -> PrefixKV:
+    """Run the decoder once, batch 1, over ``prompt_embeds`` (L, d) at positions ``P..P+L-1``, after the
+    ``P`` columns of ``after`` (a prefix these embeddings follow; none: P = 0), and return the prefix of all
+    ``P + L`` columns.
 
-    Gradients flow back to ``prompt_embeds`` when grad is enabled (training).
+    Gradients flow back to ``prompt_embeds`` and to ``after``'s tensors when grad is enabled (training). With
+    ``after`` this extends a prefix by tokens every row shares (prefix tuning's K/V, then the rows' common text).
     """
-    L = prompt_embeds.shape[0]
     decoder = model.get_decoder()
     with _not_checkpointed(decoder):  # the prompt is one short row; its replay would refill the cache
-        return _prefill(decoder, prompt_embeds, L)
+        return _prefill(decoder, prompt_embeds, after)
 
 
 @contextlib.contextmanager
@@ -101,13 +103,15 @@ def _not_checkpointed(module: torch.nn.Module):
             m.gradient_checkpointing = True
 
 
-def _prefill(decoder, prompt_embeds: torch.Tensor, L: int) -> PrefixKV:
+def _prefill(decoder, prompt_embeds: torch.Tensor, after: PrefixKV | None) -> PrefixKV:
     embeds = prompt_embeds.unsqueeze(0).to(decoder.dtype if hasattr(decoder, "dtype") else prompt_embeds.dtype)
+    P, L, device = after.length if after is not None else 0, prompt_embeds.shape[0], embeds.device
+    past = list(zip(after.keys, after.values)) if after is not None else None  # per layer (1, nkv, P, hs)
     out = decoder(
         inputs_embeds=embeds,  # (1, L, d)
-        attention_mask=torch.ones(1, L, dtype=torch.long, device=embeds.device),
-        position_ids=torch.arange(L, device=embeds.device).unsqueeze(0),
-        past_key_values=plain_cache(),  # all L columns in every layer, sliding or not
+        attention_mask=torch.ones(1, P + L, dtype=torch.long, device=device),
+        position_ids=torch.arange(P, P + L, device=device).unsqueeze(0),
+        past_key_values=plain_cache(past),  # all P + L columns in every layer, sliding or not
         use_cache=True,
     )
     cache = out.past_key_values

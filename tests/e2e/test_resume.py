@@ -137,6 +137,22 @@ def test_resume_continues_a_residual_reparameterised_prompt(tiny_dir, data_dir, 
     assert "adapter.reparam.down.weight" in params and "adapter.embedding.weight" in params
 
 
+def test_resume_continues_the_group_by_prefix_order(tiny_dir, data_dir, tmp_path):
+    """--group_by_prefix with gradient accumulation, over several epochs: the resumed run draws the batches the
+    interrupted one would have (its sampler's order is a function of --seed and the epoch)."""
+    flags = {k: v for k, v in FLAGS.items() if k != "save_total_limit"}
+    flags.update(max_steps=16, save_steps=5, group_by_prefix="true")  # 6 updates an epoch: resumes mid-epoch 1
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(train_flags(tiny_dir, data_dir, a, **flags)) == 0
+    interrupt_at(a, b, 10)
+    assert main(train_flags(tiny_dir, data_dir, b, resume_from_checkpoint="true", **flags)) == 0
+    assert log_rows(b) == log_rows(a)
+    same_adapter(b, a)
+    plain = tmp_path / "plain"
+    assert main(train_flags(tiny_dir, data_dir, plain, **{**flags, "group_by_prefix": "false"})) == 0
+    assert log_rows(plain) != log_rows(a)  # the grouped order is not the plain shuffle
+
+
 def test_resume_errors_are_one_line(tiny_dir, data_dir, uninterrupted, tmp_path, capsys):
     def refused(*parts: str, **extra) -> None:
         assert main(train_flags(tiny_dir, data_dir, extra.pop("out", tmp_path / "out"), **{**FLAGS, **extra})) == 2

@@ -17,6 +17,7 @@ from .preprocess import (
     tokenize_dataset,
     truncate_prompt,
 )
+from .sampler import PrefixGroupedSampler
 from .registry import DatasetSpec, Row, dataset_files, dataset_specs, load_rows, read_dataset_info, read_rows
 from .templates import (
     BUILTIN_TEMPLATES,
@@ -30,7 +31,7 @@ from .templates import (
 
 __all__ = [
     "ANSWER_ROLES", "BUILTIN_TEMPLATES", "IGNORE_INDEX", "PROMPT_ROLES",
-    "ChatTemplate", "Conversation", "DataError", "DatasetSpec", "Example", "Row",
+    "ChatTemplate", "Conversation", "DataError", "DatasetSpec", "Example", "PrefixGroupedSampler", "Row",
     "check_turns", "collate", "dataset_files", "dataset_specs", "encode_conversation", "encode_prompt",
     "infer_seqlen", "left_pad", "load_and_tokenize", "load_conversations", "load_rows",
     "read_dataset_info", "read_rows", "render_prompt", "resolve_template", "split_dataset",

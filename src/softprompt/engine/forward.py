@@ -132,18 +132,60 @@ def row_losses(
     return [labelled_loss(model, hidden[row:row + 1], labels[row:row + 1]) for row in range(hidden.shape[0])]
 
 
-def prefix_of(base: PreTrainedModel, adapter) -> PrefixKV | None:
-    """The prefix KV an adapter puts in front of every row (None without one, or for a weights method).
+MIN_SHARED_TOKENS = 4
+"""The shortest common token prefix of a batch's rows that :class:`AdaptedLM` computes once (a shorter one
+runs in every row: a separate pass would cost more than it saves)."""
 
-    A prompt method gives ``prompt_embeds()`` (L, d): one batch-1 pass of the frozen model.
+
+def shared_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                  minimum: int = MIN_SHARED_TOKENS) -> int:
+    """How many leading tokens every row of a batch shares and may run once, in front of the rows (0: none).
+
+    ``input_ids``, ``attention_mask`` and ``labels`` are (B, T). The shared columns are real in every row
+    (left padding shares nothing) and hold the same ids; they stop before any position whose hidden state
+    predicts a label (a label at column ``p`` is predicted from column ``p - 1``, which stays with the
+    rows) and leave every row at least one token of its own. Under ``minimum`` tokens, or with one row, 0.
+    """
+    B, T = input_ids.shape
+    if B < 2 or T < 2:
+        return 0
+    same = ((input_ids == input_ids[:1]) & (attention_mask == 1)).all(0)  # (T,)
+    n = int(same.long().cumprod(0).sum())
+    labelled = (labels[:, 1:] != IGNORE_INDEX).any(0).nonzero()  # column i + 1 carries a label
+    if len(labelled):
+        n = min(n, int(labelled[0]))  # column i predicts it: the shared part ends before i
+    n = min(n, int(attention_mask.sum(1).min()) - 1)
+    return n if n >= minimum else 0
+
+
+def prefix_of(base: PreTrainedModel, adapter, shared_ids: torch.Tensor | None = None) -> PrefixKV | None:
+    """The prefix KV an adapter puts in front of every row, followed by ``shared_ids`` (S,), tokens every
+    row starts with (None: without; then None for a weights method or no adapter).
+
+    A prompt method gives ``prompt_embeds()`` (L, d): one batch-1 pass of the frozen model over the
+    prompt and the shared tokens' embeddings (L + S, d). Prefix tuning's K/V are the prefix; the shared
+    tokens run once after them. A weights method (lora, full, freeze) runs the shared tokens alone, with
+    its adapted weights. Gradients reach the adapter through every one of these passes.
     """
     kind = of(adapter).kind if adapter is not None else None
+    tokens = base.get_input_embeddings()(shared_ids) if shared_ids is not None and len(shared_ids) else None  # (S, d)
     if kind == "prompt":
-        return build_prefix(base, adapter.prompt_embeds())
+        embeds = adapter.prompt_embeds()  # (L, d)
+        return build_prefix(base, embeds if tokens is None else torch.cat([embeds, tokens.to(embeds.dtype)]))
     if kind == "prefix":  # prefix tuning: its parameters are the K/V (kept fp32, cast to the base's dtype)
         kv = adapter.prefix_kv()
-        return PrefixKV([k.to(base.dtype) for k in kv.keys], [v.to(base.dtype) for v in kv.values])
-    return None
+        kv = PrefixKV([k.to(base.dtype) for k in kv.keys], [v.to(base.dtype) for v in kv.values])
+        return kv if tokens is None else build_prefix(base, tokens, after=kv)
+    return None if tokens is None else build_prefix(base, tokens)
+
+
+def _has_dropout(model: nn.Module) -> bool:
+    """Whether the base ``model`` drops anything while training (a dropout module, LoRA's included, or an attention
+    dropout in its config): then rows draw their own masks, and a prefix run once would share one. (A prompt
+    encoder's dropout, p-tuning's, runs once per batch either way.)"""
+    config = getattr(model, "config", None)
+    return (any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())
+            or float(getattr(config, "attention_dropout", 0.0) or 0.0) > 0)
 
 
 class AdaptedLM(nn.Module):
@@ -152,17 +194,30 @@ class AdaptedLM(nn.Module):
     ``forward`` builds the prefix once for the batch (with grad), runs the rows after it and
     returns ``(loss_sum, n_labelled_tokens)`` so gradient accumulation can normalise by the
     tokens of the whole accumulation window.
+
+    ``shared_prefix``: the tokens every row of the batch starts with (:func:`shared_length`: a chat
+    template's system text, a dataset's instruction) join the prefix pass, batch 1, and the rows run
+    only their own suffix after it; loss and gradients equal the row-by-row pass (float rounding). Off
+    while a dropout is active in training (each row would draw its own masks).
     """
 
-    def __init__(self, base: PreTrainedModel, adapter: nn.Module | None):
+    def __init__(self, base: PreTrainedModel, adapter: nn.Module | None, shared_prefix: bool = True):
         super().__init__()
         self.base = base
         self.adapter = adapter
+        self.shared_prefix = shared_prefix
+        self._dropout = _has_dropout(base)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, int]:
-        prefix = prefix_of(self.base, self.adapter)
+        """``input_ids``, ``attention_mask``, ``labels`` (B, T) -> (summed loss, labelled tokens)."""
+        S = 0
+        if self.shared_prefix and not (self._dropout and self.training):
+            S = shared_length(input_ids, attention_mask, labels)
+        prefix = prefix_of(self.base, self.adapter, input_ids[0, :S] if S else None)
+        if S:  # the rows' own suffixes, after [prompt; shared tokens]
+            input_ids, attention_mask, labels = input_ids[:, S:], attention_mask[:, S:], labels[:, S:]
         loss_sum, n = batch_loss(self.base, input_ids, attention_mask, labels, prefix)
         if prefix is not None and prefix.anchor is not None and is_sharded(self.base):
             loss_sum = loss_sum + 0.0 * prefix.anchor.float().sum()  # changes no value; see is_sharded

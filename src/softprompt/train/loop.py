@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 
 from softprompt import methods, outdir
 from softprompt.config import ArgumentError, DataArgs, MethodArgs, ModelArgs, TrainArgs, as_dict
-from softprompt.data import IGNORE_INDEX, collate, dataset_files, load_and_tokenize, load_conversations
+from softprompt.data import (IGNORE_INDEX, PrefixGroupedSampler, collate, dataset_files, load_and_tokenize,
+                             load_conversations)
 from softprompt.files import atomic_write_text
 from softprompt.engine.forward import AdaptedLM, batch_loss, enable_gradient_checkpointing, prefix_of
 from softprompt.model import LoadedModel, load_model, model_folder_as_base
@@ -104,8 +105,12 @@ def choose_precision(args: TrainArgs, device: torch.device) -> str:
 def _loaders(train_set, val_set, args: TrainArgs, pad_id: int) -> tuple[DataLoader, DataLoader | None]:
     g = torch.Generator().manual_seed(args.seed)
     fn = lambda rows: collate(rows, pad_id)  # noqa: E731
-    train = DataLoader(train_set, batch_size=args.per_device_train_batch_size, shuffle=True, generator=g,
-                       collate_fn=fn)
+    B = args.per_device_train_batch_size
+    if args.group_by_prefix:  # batches of rows with the same leading tokens (runs them once: --shared_prefix)
+        sampler = PrefixGroupedSampler([ex["input_ids"] for ex in train_set], B, args.seed)
+        train = DataLoader(train_set, batch_size=B, sampler=sampler, collate_fn=fn)
+    else:
+        train = DataLoader(train_set, batch_size=B, shuffle=True, generator=g, collate_fn=fn)
     # Validation order does not change the mean loss: sort by length so batches carry little padding.
     val_sorted = sorted(val_set, key=lambda ex: len(ex["input_ids"]))
     val = DataLoader(val_sorted, batch_size=args.per_device_eval_batch_size, collate_fn=fn) if val_set else None
@@ -288,7 +293,7 @@ def train(model_args: ModelArgs, data_args: DataArgs, method_args: MethodArgs, a
         raise ArgumentError(f"{flag} needs a validation split: set --val_size")
     data = methods.TaskData(lambda: load_conversations(data_args, args.seed))  # read again only if the init asks
     adapter = _initial_adapter(lm, model_args, method_args, args.seed, data)
-    model = AdaptedLM(lm.model, adapter)
+    model = AdaptedLM(lm.model, adapter, shared_prefix=args.shared_prefix)
     if args.gradient_checkpointing:
         enable_gradient_checkpointing(lm.model)
     trainable = [p for p in model.parameters() if p.requires_grad]  # the adapter's, or the base's own (lora, ...)

@@ -49,7 +49,7 @@ SCHEDULER_NAME = "scheduler.pt"
 RNG_NAME = "rng_state.pth"
 TRAINABLE_NAME = "trainable_state.pt"
 STATE_FILES = (STATE_NAME, OPTIMIZER_NAME, SCHEDULER_NAME, RNG_NAME, TRAINABLE_NAME)
-DATA_ORDER_ARGS = ("seed", "per_device_train_batch_size", "gradient_accumulation_steps")
+DATA_ORDER_ARGS = ("seed", "per_device_train_batch_size", "gradient_accumulation_steps", "group_by_prefix")
 """Arguments that fix which examples each step sees; a resumed run that changes them warns."""
 Rng = dict[str, Any]
 """The Python and torch random states, as ``rng_state.pth`` holds them."""
