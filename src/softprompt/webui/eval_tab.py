@@ -47,7 +47,7 @@ def build_eval_tab(L: Texts, dataset_dir: str) -> dict[str, Any]:
     inputs = [grid[f.name] for f in fields]
     start = L.button("eval.start", variant="primary", elem_id="eval-start")
     message = gr.HTML(elem_id="eval-message")
-    command = gr.Code(language="shell", visible=False, interactive=False)
+    command = L.tag(gr.Code(language="shell", label=L("msg.command"), visible=False, interactive=False), "msg.command")
     log = L.textbox("eval.log", lines=6, max_lines=6, autoscroll=True, interactive=False)
     table = L.tag(gr.Dataframe(label=L("eval.results"), interactive=False, elem_id="eval-results"), "eval.results")
     confusion = L.tag(gr.Plot(label=L("eval.confusion"), visible=False, elem_id="eval-confusion"), "eval.confusion")

@@ -23,7 +23,7 @@ from softprompt.methods import REGISTRY, resolve
 TRAIN_SECTIONS: tuple[tuple[str, type], ...] = (
     ("model", ModelArgs), ("method", MethodArgs), ("dataset", DataArgs), ("training", TrainArgs))
 """The train form's sections, in the order of the YAML examples (examples/*.yaml: ### model, ### method, ...)."""
-TRAIN_CLASSES = [cls for _, cls in TRAIN_SECTIONS]
+TRAIN_CLASSES = [ModelArgs, DataArgs, MethodArgs, TrainArgs]
 """In the order ``softprompt train`` parses them."""
 CHOICE_FIELDS = {"finetuning_type": lambda: tuple(REGISTRY)}
 """Fields whose choices come from elsewhere than a Literal type (the method registry)."""

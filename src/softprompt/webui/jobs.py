@@ -38,6 +38,7 @@ def child_env() -> dict[str, str]:
     src = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env["TQDM_DISABLE"] = "1"  # progress bars redraw one line with \r; the page shows the log lines and its own bar
     return env
 
 

@@ -32,7 +32,7 @@ def build_serve_tab(L: Texts) -> None:
         status = L.button("serve.status")
         stop = L.button("serve.stop", variant="stop")
     message = gr.HTML()
-    line = gr.Code(language="shell", visible=False, interactive=False)
+    line = L.tag(gr.Code(language="shell", label=L("msg.command"), visible=False, interactive=False), "msg.command")
     with gr.Row():
         models = L.tag(gr.JSON(label="/v1/models"), "serve.models", "label")
         metrics = L.textbox("serve.metrics", lines=10, max_lines=10, interactive=False)

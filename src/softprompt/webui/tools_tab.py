@@ -27,7 +27,7 @@ def build_compare_tab(L: Texts) -> dict[str, Any]:
         flags = L.textbox("compare.flags", lines=2, scale=4, elem_id="compare-flags")
     start = L.button("compare.start", variant="primary")
     message = gr.HTML()
-    line = gr.Code(language="shell", visible=False, interactive=False)
+    line = L.tag(gr.Code(language="shell", label=L("msg.command"), visible=False, interactive=False), "msg.command")
     log = L.textbox("compare.log", lines=8, max_lines=8, autoscroll=True, interactive=False)
     with gr.Row():
         table = gr.Markdown()

@@ -70,7 +70,8 @@ def build_train_tab(L: Texts, dataset_dir: str) -> dict[str, Any]:
         start_btn = L.button("train.start", variant="primary", scale=2, elem_id="train-start")
         abort_btn = L.button("train.abort", variant="stop", scale=1, elem_id="train-abort")
     message = gr.HTML(elem_id="train-message")
-    command = gr.Code(language="shell", visible=False, elem_id="train-command", interactive=False)
+    command = L.tag(gr.Code(language="shell", label=L("msg.command"), visible=False, elem_id="train-command",
+                            interactive=False), "msg.command")
     progress = gr.HTML(elem_id="train-progress")
     with gr.Row():
         log = L.textbox("train.log", lines=14, max_lines=14, autoscroll=True, interactive=False,
