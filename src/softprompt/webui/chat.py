@@ -11,12 +11,13 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-import torch
+from typing import TYPE_CHECKING
 
 from softprompt.config import ArgumentError, GenerateArgs
-from softprompt.engine.generate import SamplingParams
-from softprompt.inference import Predictor
-from softprompt.model import LoadedModel, load_model
+
+if TYPE_CHECKING:  # the engine is imported on the first question, not when the page starts
+    from softprompt.inference import Predictor
+    from softprompt.model import LoadedModel
 
 MAX_COLUMNS = 4
 """Answers shown side by side: the base model and up to three adapters."""
@@ -42,6 +43,8 @@ class ChatEngine:
         self._lock = threading.Lock()
 
     def base(self, model: str, cache_dir: str | None = None) -> LoadedModel:
+        from softprompt.model import load_model
+
         key = (model, cache_dir)
         if key not in self._bases:
             self._bases[key] = load_model(model, cache_dir)
@@ -49,6 +52,8 @@ class ChatEngine:
 
     def predictor(self, model: str, adapter: str | None, template: str | None) -> Predictor:
         """The base ``model`` with ``adapter`` (None: none), built once and kept."""
+        from softprompt.inference import Predictor
+
         key = (model, None, adapter, template)
         if key not in self._predictors:
             self._predictors[key] = Predictor(self.base(model), adapter, template, shared_base=True)
@@ -101,6 +106,10 @@ def _stream(predictors: list[Predictor], prompts: list[list[int]], columns: list
 
 def _generate_into(p: Predictor, ids: list[int], column: Column, gen: GenerateArgs) -> None:
     """Generate for one prompt, decoding the text so far into ``column`` at each new token."""
+    import torch
+
+    from softprompt.engine.generate import SamplingParams
+
     new: list[int] = []
     tok = p.lm.tokenizer
 
