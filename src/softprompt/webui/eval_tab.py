@@ -16,7 +16,7 @@ from softprompt.webui.errors import error_text
 from softprompt.webui.forms import FormField, changed_values, check_command, command_line, form_fields, to_argv
 from softprompt.webui.jobs import JOBS, start_job
 from softprompt.webui.strings import tr
-from softprompt.webui.widgets import Texts, field_grid, message_html
+from softprompt.webui.widgets import Texts, field_grid, field_input, message_html
 
 EVAL_CLASSES = [ModelArgs, DataArgs, TaskArgs, EvalArgs, GenerateArgs]
 """As ``softprompt eval`` parses them."""
@@ -27,14 +27,12 @@ SHOWN = {ModelArgs: ("model_name_or_path", "adapter_name_or_path"),
 ADAPTERS_HELP = "Adapter folders, comma-separated; 'none' evaluates the base model without an adapter."
 
 
-def eval_fields(dataset_dir: str) -> list[FormField]:
+def eval_fields() -> list[FormField]:
     out = []
     for cls in EVAL_CLASSES:
         for f in form_fields(cls):
             if cls in SHOWN and f.name not in SHOWN[cls]:
                 continue
-            if f.name == "dataset_dir":
-                f = FormField(f.name, f.kind, dataset_dir, f.help)
             if f.name == "adapter_name_or_path":
                 f = FormField(f.name, f.kind, f.default, ADAPTERS_HELP)
             out.append(f)
@@ -42,8 +40,8 @@ def eval_fields(dataset_dir: str) -> list[FormField]:
 
 
 def build_eval_tab(L: Texts, dataset_dir: str) -> dict[str, Any]:
-    fields = eval_fields(dataset_dir)
-    grid = field_grid(fields, columns=4)
+    fields = eval_fields()
+    grid = field_grid(fields, columns=4, special={"dataset_dir": lambda f: field_input(f, dataset_dir)})
     inputs = [grid[f.name] for f in fields]
     start = L.button("eval.start", variant="primary", elem_id="eval-start")
     message = gr.HTML(elem_id="eval-message")

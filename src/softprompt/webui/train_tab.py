@@ -17,7 +17,7 @@ from softprompt.webui.jobs import JOBS, LOG_NAME, start_job, trainer_log
 from softprompt.webui.preview import dataset_choices, dataset_preview
 from softprompt.webui.errors import error_text
 from softprompt.webui.strings import tr
-from softprompt.webui.widgets import Texts, field_grid, message_html, progress_html
+from softprompt.webui.widgets import Texts, field_grid, field_input, message_html, progress_html
 
 
 @dataclass
@@ -45,11 +45,10 @@ def build_form(L: Texts, dataset_dir: str) -> TrainForm:
     fields, inputs = [], []
     for section, cls in TRAIN_SECTIONS:
         section_fields = form_fields(cls)
-        if section == "dataset":
-            section_fields = [f if f.name != "dataset_dir" else FormField(f.name, f.kind, dataset_dir, f.help)
-                              for f in section_fields]
+        special = {"dataset": lambda f: _dataset_input(f, dataset_dir),
+                   "dataset_dir": lambda f: field_input(f, dataset_dir)}  # the page's, passed on as a flag
         with L.accordion(f"train.section.{section}", open=True):
-            grid = field_grid(section_fields, special={"dataset": lambda f: _dataset_input(f, dataset_dir)})
+            grid = field_grid(section_fields, special=special)
         fields += section_fields
         inputs += [grid[f.name] for f in section_fields]
     return TrainForm(fields, inputs)

@@ -58,15 +58,16 @@ class Texts:
         return [gr.update(**{attr: STRINGS[language][key]}) for _, key, attr in self.items]
 
 
-def field_input(f: FormField, **kwargs: Any) -> Any:
-    """The Gradio input of one form field: labelled with the argument's name, its docstring as the help."""
+def field_input(f: FormField, value: Any = None, **kwargs: Any) -> Any:
+    """The Gradio input of one form field: labelled with the argument's name, its docstring as the help; it shows
+    ``value`` when given, else the default (a value other than the default is passed on as a flag)."""
     common = dict(label=f.name, info=f.help, elem_id=f"field-{f.name}", **kwargs)
+    value = f.initial() if value is None else value
     if f.kind == "bool":
-        return gr.Checkbox(value=f.initial(), **common)
+        return gr.Checkbox(value=value, **common)
     if f.kind == "choice":
-        return gr.Dropdown(choices=list(f.choices), value=f.initial(), **common)
-    return gr.Textbox(value=f.initial(), placeholder="(unset)" if f.default is None else None, max_lines=1,
-                      **common)
+        return gr.Dropdown(choices=list(f.choices), value=value, **common)
+    return gr.Textbox(value=value, placeholder="(unset)" if f.default is None else None, max_lines=1, **common)
 
 
 def field_grid(fields: list[FormField], columns: int = 3, special: dict[str, Any] | None = None) -> dict[str, Any]:
