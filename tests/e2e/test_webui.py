@@ -105,9 +105,22 @@ def test_train_plot_finish_then_chat(page, webui, tiny_dir, tmp_path):
     assert str(out) in page.locator("#chat-answer-1").inner_text()  # the column says which adapter answered
     shots = os.environ.get("SOFTPROMPT_WEBUI_SCREENSHOTS")
     if shots:
-        for name in TABS:
-            open_tab(page, name)
-            page.screenshot(path=str(Path(shots) / f"webui-{name}.png"), full_page=name != "train")
+        _screenshots(page, Path(shots), out)
+
+
+def _screenshots(page, folder: Path, adapter: Path) -> None:
+    """One PNG per tab after the run: the train tab at its progress and loss curve, inspect on the adapter."""
+    open_tab(page, "inspect")
+    page.locator("#inspect-adapter textarea, #inspect-adapter input").first.fill(str(adapter))
+    page.get_by_role("button", name="Inspect", exact=True).click()
+    page.wait_for_selector("#inspect-norms canvas, #inspect-norms svg")
+    for name in TABS:
+        open_tab(page, name)
+        if name == "train":
+            page.locator("#train-progress").scroll_into_view_if_needed()
+            page.mouse.wheel(0, 300)
+            page.wait_for_timeout(500)
+        page.screenshot(path=str(folder / f"webui-{name}.png"), full_page=name != "train")
 
 
 def test_bad_value_gets_the_cli_line(page):

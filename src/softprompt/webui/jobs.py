@@ -8,6 +8,7 @@ so a page loaded again (a refresh, another tab) finds a running job and shows it
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -38,7 +39,6 @@ def child_env() -> dict[str, str]:
     src = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
     env.setdefault("PYTHONUNBUFFERED", "1")
-    env["TQDM_DISABLE"] = "1"  # progress bars redraw one line with \r; the page shows the log lines and its own bar
     return env
 
 
@@ -64,15 +64,17 @@ class Job:
     def start(self) -> Job:
         self.proc = subprocess.Popen(softprompt_argv(self.command, self.argv), stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env(),
-                                     text=True, errors="replace", bufsize=1, start_new_session=True)
+                                     start_new_session=True)
         threading.Thread(target=self._pump, daemon=True, name=f"webui-{self.command}").start()
         return self
 
     def _pump(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-            self._write(line)
+        # only "\n" ends a line: a progress bar redraws its line with "\r", and its last state is what is kept
+        for raw in io.TextIOWrapper(self.proc.stdout, encoding="utf-8", errors="replace", newline="\n"):
+            line = raw.rstrip("\n").rstrip("\r").rsplit("\r", 1)[-1]
+            self.lines.append(line)
+            self._write(line + "\n")
         self.proc.wait()
         self._write("")
         if self._log is not None:

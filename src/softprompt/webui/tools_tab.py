@@ -76,7 +76,7 @@ def build_inspect_tab(L: Texts) -> None:
     with gr.Row():
         tokens = gr.Dataframe(interactive=False, wrap=True, scale=3)
         norms = L.tag(gr.BarPlot(x="virtual token", y="norm", label=L("inspect.norms"), visible=False, scale=2,
-                                 height=320), "inspect.norms")
+                                 height=320, elem_id="inspect-norms"), "inspect.norms")
     go.click(_inspect, [adapter, base, top_k], [message, summary, tokens, norms])
 
 
