@@ -7,12 +7,14 @@ A thin shell over the jobs: training, evaluation, compare, sweep, serve, inspect
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
 
 from softprompt.webui.chat_tab import build_chat_tab
 from softprompt.webui.eval_tab import build_eval_tab
+from softprompt.webui.jobs import JOBS
 from softprompt.webui.serve_tab import build_serve_tab
 from softprompt.webui.strings import DEFAULT_LANGUAGE, LANGUAGES
 from softprompt.webui.tools_tab import build_compare_tab, build_inspect_tab
@@ -39,16 +41,16 @@ def build_app(dataset_dir: str = "data", language: str = DEFAULT_LANGUAGE) -> gr
         with L.tab("tab.train", elem_id="tab-train"):
             L.markdown("train.intro")
             train = build_train_tab(L, dataset_dir)
-            polls.append(train["poll"])
+            polls.append(("train", *train["poll"]))
         with L.tab("tab.eval", elem_id="tab-eval"):
             L.markdown("eval.intro")
-            polls.append(build_eval_tab(L, dataset_dir)["poll"])
+            polls.append(("eval", *build_eval_tab(L, dataset_dir)["poll"]))
         with L.tab("tab.chat", elem_id="tab-chat"):
             L.markdown("chat.intro")
             build_chat_tab(L)
         with L.tab("tab.compare", elem_id="tab-compare"):
             L.markdown("compare.intro")
-            polls.append(build_compare_tab(L)["poll"])
+            polls.append(("compare", *build_compare_tab(L)["poll"]))
         with L.tab("tab.inspect", elem_id="tab-inspect"):
             L.markdown("inspect.intro")
             build_inspect_tab(L)
@@ -57,11 +59,27 @@ def build_app(dataset_dir: str = "data", language: str = DEFAULT_LANGUAGE) -> gr
         choice.input(lambda lang: [lang, *L.updates(lang)], choice, [L.lang, *L.components()],
                      show_progress="hidden")
         timer = gr.Timer(POLL_S)
-        for fn, outputs in polls:
-            timer.tick(fn, L.lang, outputs, show_progress="hidden")
+        for kind, fn, outputs in polls:
+            shown = gr.State(None)
+            timer.tick(_once_finished(kind, fn, len(outputs)), [L.lang, shown], [*outputs, shown],
+                       show_progress="hidden")
         reattach, inputs = train["load"]
         demo.load(reattach, None, inputs)
     return demo
+
+
+def _once_finished(kind: str, poll: Callable[[str], list[Any]], n_outputs: int) -> Callable[..., list[Any]]:
+    """``poll`` of the job of ``kind`` at each tick while it runs, and once (per page and language) after it ended:
+    a finished job's results are not redrawn every second, nor its message written over the user's next one."""
+
+    def tick(language: str, shown: Any) -> list[Any]:
+        job = JOBS.get(kind)
+        key = None if job is None else (id(job), language)
+        if job is None or (not job.running and shown == key):
+            return [gr.skip()] * (n_outputs + 1)
+        return [*poll(language), None if job.running else key]
+
+    return tick
 
 
 def launch(host: str, port: int, dataset_dir: str, language: str, **kwargs: Any) -> None:

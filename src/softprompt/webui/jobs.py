@@ -60,6 +60,8 @@ class Job:
     started: float = field(default_factory=time.time)
     aborted: bool = False
     _log: Any = None
+    _done: threading.Event = field(default_factory=threading.Event)
+    """Set once the process ended and all its output was read."""
 
     def start(self) -> Job:
         self.proc = subprocess.Popen(softprompt_argv(self.command, self.argv), stdout=subprocess.PIPE,
@@ -79,6 +81,7 @@ class Job:
         self._write("")
         if self._log is not None:
             self._log.close()
+        self._done.set()
 
     def _write(self, line: str) -> None:
         """Append to the log file, opening it (with what came before) once the output folder is the job's."""
@@ -94,7 +97,8 @@ class Job:
 
     @property
     def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        """Until the process ended and its last line was read."""
+        return self.proc is not None and not self._done.is_set()
 
     @property
     def returncode(self) -> int | None:
@@ -121,7 +125,9 @@ class Job:
 
     def wait(self, timeout: float | None = None) -> int:
         assert self.proc is not None
-        return self.proc.wait(timeout)
+        code = self.proc.wait(timeout)
+        self._done.wait(timeout)
+        return code
 
 
 JOBS: dict[str, Job] = {}
