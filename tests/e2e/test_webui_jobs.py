@@ -67,7 +67,7 @@ def test_eval_tab_shows_results_and_confusion(tiny_dir, data_dir, adapter, tmp_p
     _wait("eval")
     log, table, confusion, message = eval_tab.poll("zh")
     assert "已完成" in message and "eval_results.json" in message
-    assert list(table["examples"]) == [12, 12] and "accuracy" in table.columns
+    assert table["visible"] and list(table["value"]["examples"]) == [12, 12] and "accuracy" in table["value"].columns
     assert confusion["visible"] and len(confusion["value"].axes) == 2  # one heat map per model
 
 

@@ -47,7 +47,8 @@ def build_eval_tab(L: Texts, dataset_dir: str) -> dict[str, Any]:
     message = gr.HTML(elem_id="eval-message")
     command = L.tag(gr.Code(language="shell", label=L("msg.command"), visible=False, interactive=False), "msg.command")
     log = L.textbox("eval.log", lines=6, max_lines=6, autoscroll=True, interactive=False)
-    table = L.tag(gr.Dataframe(label=L("eval.results"), interactive=False, elem_id="eval-results"), "eval.results")
+    table = L.tag(gr.Dataframe(label=L("eval.results"), interactive=False, visible=False, elem_id="eval-results"),
+                  "eval.results")
     confusion = L.tag(gr.Plot(label=L("eval.confusion"), visible=False, elem_id="eval-confusion"), "eval.confusion")
     start.click(lambda lang, *raw: _start(fields, lang, raw), [L.lang, *inputs], [command, message])
     return {"poll": (poll, [log, table, confusion, message])}
@@ -75,7 +76,8 @@ def poll(lang: str) -> list[Any]:
         return [job.tail(), gr.skip(), gr.skip(), message_html(job.error_line() or tr(lang, "msg.failed"))]
     report = json.loads((Path(job.output_dir) / "eval_results.json").read_text(encoding="utf-8"))
     figure = confusion_figure(report)
-    return [job.tail(), results_frame(report), gr.update(value=figure, visible=figure is not None),
+    return [job.tail(), gr.update(value=results_frame(report), visible=True),
+            gr.update(value=figure, visible=figure is not None),
             message_html(tr(lang, "msg.finished", where=f"{job.output_dir}/eval_results.json"), "ok")]
 
 
