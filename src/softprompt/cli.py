@@ -36,6 +36,7 @@ commands:
   compare   train several methods (prompt_tuning ... full) alike; a table, JSON and plot of their costs and scores
   inspect   what a soft prompt holds: sizes, nearest vocabulary tokens, norms
   export    write a soft prompt as a tensor file (--format embeddings) or a folder for vLLM (--format vllm)
+  webui     a web page over all of the above (train, eval, chat, compare, inspect, serve, export; English/Chinese)
 
 `softprompt <command> --help` lists the arguments of a command."""
 
@@ -281,9 +282,26 @@ def cmd_export(argv: list[str]) -> int:
     return 0
 
 
+def cmd_webui(argv: list[str]) -> int:
+    from softprompt.command_args import WebuiArgs
+
+    (args,), _ = parse_args(argv, [WebuiArgs], "softprompt webui",
+                            "LlamaBoard for soft prompts: a web page that runs the softprompt jobs (needs the "
+                            "'webui' extra, gradio).")
+    try:
+        from softprompt.webui.app import launch
+    except ImportError as exc:
+        raise ArgumentError(f"softprompt webui needs gradio: pip install 'softprompt[webui]' ({exc})") from None
+    with _bind(args.host, args.port):  # a busy port or a bad host: one line, before the page is built
+        pass
+    log.info("softprompt webui on http://%s:%d", args.host, args.port)
+    launch(args.host, args.port, args.dataset_dir, args.language)
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "chat": cmd_chat, "predict": cmd_predict, "serve": cmd_serve,
             "eval": cmd_eval, "sweep": cmd_sweep, "compare": cmd_compare, "inspect": cmd_inspect,
-            "export": cmd_export}
+            "export": cmd_export, "webui": cmd_webui}
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

@@ -1,5 +1,5 @@
 """The arguments of each command beyond training's: predict, chat, eval, sweep, compare, inspect, serve,
-export, and the launcher's ``--nproc_per_node``.
+export, webui, and the launcher's ``--nproc_per_node``.
 
 As in :mod:`softprompt.config`: each field's attribute docstring is its ``--help`` text, and
 ``__post_init__`` validates, raising :class:`~softprompt.config.ArgumentError` with a one-line message.
@@ -240,6 +240,22 @@ class ExportArgs:
         if self.format == "vllm" and suffix in (".safetensors", ".pt", ".json"):
             raise ArgumentError(f"--output {self.output}: --format vllm writes a folder (prompt_embeds.pt and "
                                 "softprompt_vllm.json); name a folder")
+
+
+@dataclass
+class WebuiArgs:
+    host: str = "127.0.0.1"
+    """Address the page listens on (0.0.0.0: every interface; the page starts jobs, so keep it private)."""
+    port: int = 7860
+    """Port the page listens on."""
+    dataset_dir: str = "data"
+    """The dataset_dir the forms start with (its dataset_info.json fills the dataset pickers)."""
+    language: Literal["en", "zh"] = "en"
+    """The page's language at first: en (English) or zh (Chinese); the page can switch it."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ArgumentError(f"--port must be in 1..65535, got {self.port}")
 
 
 def _process_count(text: Any) -> int:

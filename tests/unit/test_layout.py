@@ -18,7 +18,7 @@ LAYERS = [
     ("prompts", "multitask", "inference"),  # the engine with tasks and adapters: what the jobs answer with
     ("train", "evaluate", "serve", "export", "launch"),  # the jobs
     ("compare", "sweep"),  # jobs made of jobs
-    ("cli", "__main__", "__init__"),
+    ("cli", "webui", "__main__", "__init__"),  # the commands and the web page over them
 ]
 LEVEL = {name: i for i, names in enumerate(LAYERS) for name in names}
 MODULES = sorted(PACKAGE.rglob("*.py"))
