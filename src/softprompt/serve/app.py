@@ -1,4 +1,4 @@
-"""FastAPI app: OpenAI-compatible endpoints over a MultiTaskPredictor and its Batcher.
+"""FastAPI app: OpenAI-compatible endpoints over a MultiTaskPredictor and its Scheduler (continuous batching).
 
 ``model`` in a request is the task name (an adapter folder under ``--prompts_dir``, or ``base``).
 Errors use OpenAI's JSON shape: unknown task 404, malformed body 400, prompt too long 400,
@@ -31,6 +31,7 @@ from softprompt.prompts import TaskUnavailableError, UnknownTaskError
 from softprompt.multitask import ContextLengthError, MultiTaskPredictor, Request as GenRequest, Result
 from softprompt.serve import protocol as P
 from softprompt.serve.batcher import Batcher, QueueFullError
+from softprompt.serve.scheduler import Metrics, Scheduler, make_engine
 from softprompt.serve.guard import Guard
 
 log = logging.getLogger("softprompt")
@@ -83,12 +84,16 @@ def _handle_errors(app: FastAPI) -> None:
         return _error(ServeError(500, "internal error; the server logged it", "server_error"))
 
 
-def create_app(predictor: MultiTaskPredictor, api_key: str | None = None, max_batch_size: int = 8,
-               batch_window_ms: float = 10.0, max_queue: int = 64, max_body_bytes: int = 1 << 20,
-               max_messages: int | None = None) -> FastAPI:
-    """The app. ``max_messages`` bounds the messages of a chat request (None: one per token of the model's
+def create_app(predictor: MultiTaskPredictor, api_key: str | None = None, max_num_seqs: int = 8,
+               max_model_len: int | None = None, max_queue: int = 64, max_body_bytes: int = 1 << 20,
+               max_messages: int | None = None, metrics: Metrics | None = None, compile: bool = False,
+               prefix_cache_mb: float = 64) -> FastAPI:
+    """The app over a :class:`~softprompt.serve.scheduler.Scheduler` (``max_num_seqs`` slots of
+    ``max_model_len`` tokens, None: the model's context; ``metrics.step`` called once per decode step).
+    ``max_messages`` bounds the messages of a chat request (None: one per token of the model's
     context, :func:`~softprompt.serve.protocol.max_messages_for`; never over ``protocol.MAX_MESSAGES``)."""
-    batcher = Batcher(predictor, max_batch_size, batch_window_ms / 1000, max_queue)
+    batcher = make_engine(predictor, max_num_seqs, max_model_len, max_queue, metrics, compile,
+                          int(prefix_cache_mb * 2**20))
     max_messages = min(max_messages or P.max_messages_for(predictor.max_context), P.MAX_MESSAGES)
 
     @asynccontextmanager
@@ -100,7 +105,8 @@ def create_app(predictor: MultiTaskPredictor, api_key: str | None = None, max_ba
         await asyncio.to_thread(batcher.stop)  # requests in flight finish first
 
     app = FastAPI(title="softprompt", lifespan=lifespan)
-    app.state.batcher, app.state.predictor = batcher, predictor
+    app.state.batcher = app.state.engine = batcher  # .queue_depth(), .running()
+    app.state.predictor = predictor
 
     _handle_errors(app)
     app.add_middleware(Guard, api_key=api_key, max_body_bytes=max_body_bytes)
@@ -129,26 +135,27 @@ def create_app(predictor: MultiTaskPredictor, api_key: str | None = None, max_ba
         if len(body.messages) > max_messages:
             raise ServeError(400, f"messages: {len(body.messages)} messages, over this server's limit of "
                              f"{max_messages}", code="array_above_max_length", param="messages")
-        request = await asyncio.to_thread(_chat_request, predictor, body)  # encoding must not hold up the loop
+        request = await asyncio.to_thread(_chat_request, predictor, batcher, body)  # encoding must not hold up the loop
         return await _answer(batcher, body, request, chat=True)
 
     @app.post("/v1/completions")
     async def complete(body: P.CompletionRequest):
         _refuse_if_full(batcher)
-        request = await asyncio.to_thread(_completion_request, predictor, body)
+        request = await asyncio.to_thread(_completion_request, predictor, batcher, body)
         return await _answer(batcher, body, request, chat=False)
 
     return app
 
 
-def _refuse_if_full(batcher: Batcher) -> None:
+def _refuse_if_full(batcher: Scheduler | Batcher) -> None:
     """503 at once, before any work, when the queue is full (submit checks again: it may fill meanwhile)."""
     if batcher.full():
         raise ServeError(503, f"the server is busy: {batcher.max_queue} requests are waiting", "server_error",
                          "overloaded")
 
 
-def _chat_request(predictor: MultiTaskPredictor, body: P.ChatCompletionRequest) -> GenRequest:
+def _chat_request(predictor: MultiTaskPredictor, engine: Scheduler | Batcher,
+                  body: P.ChatCompletionRequest) -> GenRequest:
     """The generation request of a chat body: its messages through the chat template (on a worker thread)."""
     messages = [m.model_dump() for m in body.messages]
     try:
@@ -161,23 +168,25 @@ def _chat_request(predictor: MultiTaskPredictor, body: P.ChatCompletionRequest) 
         raise ServeError(400, "tools: nested too deeply", param="tools") from None
     except DataError as exc:
         raise ServeError(400, str(exc), param="messages") from None
-    return _request(predictor, body, ids)
+    return _request(predictor, engine, body, ids)
 
 
-def _completion_request(predictor: MultiTaskPredictor, body: P.CompletionRequest) -> GenRequest:
+def _completion_request(predictor: MultiTaskPredictor, engine: Scheduler | Batcher,
+                        body: P.CompletionRequest) -> GenRequest:
     try:
         check_unicode(body.prompt, "prompt")
     except DataError as exc:
         raise ServeError(400, str(exc), param="prompt") from None
-    return _request(predictor, body, predictor.text_ids(body.prompt))
+    return _request(predictor, engine, body, predictor.text_ids(body.prompt))
 
 
-def _request(predictor: MultiTaskPredictor, body: P._Sampling, ids: list[int]) -> GenRequest:
+def _request(predictor: MultiTaskPredictor, engine: Scheduler | Batcher, body: P._Sampling,
+             ids: list[int]) -> GenRequest:
     max_tokens = body.max_completion_tokens or body.max_tokens or P.DEFAULT_MAX_TOKENS
     params = SamplingParams(max_tokens, body.temperature, body.top_p, body.top_k, body.seed)
     request = GenRequest(body.model, ids, params, body.stop_list())
     try:
-        predictor.check(request)
+        engine.check(request)
     except UnknownTaskError:
         raise ServeError(404, f"the model (task) {one_line(repr(body.model), 100)} does not exist; GET /v1/models "
                          "lists them", code="model_not_found", param="model") from None
@@ -188,7 +197,7 @@ def _request(predictor: MultiTaskPredictor, body: P._Sampling, ids: list[int]) -
     return request
 
 
-async def _answer(batcher: Batcher, body: P._Sampling, request: GenRequest, chat: bool):
+async def _answer(batcher: Scheduler | Batcher, body: P._Sampling, request: GenRequest, chat: bool):
     if body.stream:
         return StreamingResponse(_stream(batcher, request, body.model, chat), media_type="text/event-stream")
     try:
@@ -202,7 +211,7 @@ async def _answer(batcher: Batcher, body: P._Sampling, request: GenRequest, chat
     return make(body.model, result.text, result.finish_reason, usage)
 
 
-def _stream(batcher: Batcher, request: GenRequest, model: str, chat: bool) -> AsyncIterator[str]:
+def _stream(batcher: Scheduler | Batcher, request: GenRequest, model: str, chat: bool) -> AsyncIterator[str]:
     """Server-sent events: one chunk per piece of final text, then the finish chunk and [DONE]."""
     loop = asyncio.get_running_loop()
     deltas: asyncio.Queue[str | None] = asyncio.Queue()

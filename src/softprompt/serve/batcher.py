@@ -1,4 +1,5 @@
-"""Collects concurrent requests into mixed-task batches on one worker thread.
+"""Collects concurrent requests into mixed-task batches on one worker thread: the fallback of
+:mod:`~softprompt.serve.scheduler` for models its slot cache does not fit (e.g. ALiBi, recurrent layers).
 
 A request waits at most ``window_s`` for others to join (up to ``max_batch_size``); the queue
 is bounded, and a full queue refuses at once (the HTTP layer answers 503).
@@ -47,6 +48,7 @@ class Batcher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="softprompt-batcher", daemon=True)
         self.batches_run = 0
+        self._running = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -63,6 +65,17 @@ class Batcher:
     def full(self) -> bool:
         """Whether a request submitted now would be refused."""
         return self._queue.full()
+
+    def queue_depth(self) -> int:
+        """Requests waiting."""
+        return self._queue.qsize()
+
+    def running(self) -> int:
+        """Requests in the batch being generated."""
+        return self._running
+
+    def check(self, request: Request) -> None:
+        self.predictor.check(request)
 
     def submit(self, request: Request, on_text: Callable[[str], None] | None = None) -> Job:
         job = Job(request, on_text=on_text)
@@ -97,6 +110,7 @@ class Batcher:
 
     def _run(self, jobs: list[Job]) -> None:
         """Run one batch; if it fails, run its jobs one by one so that only the culprit fails."""
+        self._running = len(jobs)
         try:
             results = self.predictor.run(
                 [j.request for j in jobs],
@@ -117,5 +131,6 @@ class Batcher:
             jobs[0].future.set_exception(exc)
             return
         self.batches_run += 1
+        self._running = 0
         for j, r in zip(jobs, results):
             j.future.set_result(r)
