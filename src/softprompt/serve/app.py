@@ -88,9 +88,8 @@ def create_app(predictor: MultiTaskPredictor, api_key: str | None = None, max_nu
                max_model_len: int | None = None, max_queue: int = 64, max_body_bytes: int = 1 << 20,
                max_messages: int | None = None, metrics: Metrics | None = None, compile: bool = False,
                prefix_cache_mb: float = 64) -> FastAPI:
-    """The app over a :class:`~softprompt.serve.scheduler.Scheduler` (``max_num_seqs`` slots of
-    ``max_model_len`` tokens, None: the model's context; ``metrics.step`` called once per decode step).
-    ``max_messages`` bounds the messages of a chat request (None: one per token of the model's
+    """The app over a :class:`~softprompt.serve.scheduler.Scheduler` (``max_num_seqs`` slots of ``max_model_len``
+    tokens; ``metrics.step`` called once per decode step). ``max_messages`` bounds the messages of a chat request (None: one per token of the model's
     context, :func:`~softprompt.serve.protocol.max_messages_for`; never over ``protocol.MAX_MESSAGES``)."""
     batcher = make_engine(predictor, max_num_seqs, max_model_len, max_queue, metrics, compile,
                           int(prefix_cache_mb * 2**20))
