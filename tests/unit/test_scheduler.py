@@ -176,3 +176,17 @@ def test_text_stream_equals_full_decode_and_never_streams_a_stop_string(mt, seed
     stream.flush()
     full = tok.decode(ids, skip_special_tokens=True)
     assert "".join(pieces) == stream.text == full.split("END")[0] and stopped == ("END" in full)
+
+
+@pytest.mark.parametrize("kwargs,message", [({"max_num_seqs": 0}, "--max_num_seqs must be at least 1"),
+                                            ({"max_model_len": 1}, "--max_model_len must be at least 2"),
+                                            ({"compile": True}, "--compile needs a CUDA GPU")])
+def test_serve_flags_are_checked_in_one_line(kwargs, message):
+    from softprompt.command_args import ServeArgs
+    from softprompt.config import ArgumentError
+
+    if kwargs.get("compile") and torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present: --compile is allowed")
+    with pytest.raises(ArgumentError, match=message):
+        ServeArgs(**kwargs)
+    assert ServeArgs(max_batch_size=3).max_num_seqs == 3 and ServeArgs(max_num_seqs=5).max_num_seqs == 5
