@@ -166,8 +166,9 @@ def cmd_serve(argv: list[str]) -> int:
         predictor = MultiTaskPredictor.load(model_args.model_name_or_path, serve_args.prompts_dir,
                                             serve_args.max_prefix_cache_mb, serve_args.template, model_args.cache_dir,
                                             model_args.quantization_bit)
-        app = create_app(predictor, serve_args.api_key, serve_args.max_batch_size, serve_args.batch_window_ms,
-                         serve_args.max_queue, max_messages=serve_args.max_messages)
+        app = create_app(predictor, serve_args.api_key, serve_args.max_num_seqs, serve_args.max_model_len,
+                         serve_args.max_queue, max_messages=serve_args.max_messages, compile=serve_args.compile,
+                         prefix_cache_mb=serve_args.max_prefix_cache_mb)
         log.info("serving %s with tasks %s on http://%s:%d/v1", predictor.lm.name,
                  ", ".join(predictor.registry.names()), serve_args.host, serve_args.port)
         config = uvicorn.Config(app, host=serve_args.host, port=serve_args.port, log_level="warning",

@@ -186,10 +186,18 @@ class ServeArgs:
     """Port to listen on."""
     api_key: str | None = None
     """Require 'Authorization: Bearer KEY' on every endpoint but /health."""
+    max_num_seqs: int | None = None
+    """Requests running at once (tasks mixed; each joins and leaves the batch at any step); the KV cache holds
+    this many slots (default: --max_batch_size)."""
+    max_model_len: int | None = None
+    """Tokens of one slot of the KV cache: soft prompt + prompt + max_tokens of a request must fit (default: the
+    model's context, at most 1024; never over the context). KV memory = max_num_seqs x max_model_len x the model's K/V bytes per token."""
     max_batch_size: int = 8
-    """Requests generated together in one batch (tasks may be mixed)."""
+    """The former name of --max_num_seqs (used when that is not given)."""
     batch_window_ms: float = 10.0
-    """How long a request waits for others to join its batch."""
+    """Unused since continuous batching (requests join at the next step); kept for old command lines."""
+    compile: bool = False
+    """torch.compile the decoder's steps (needs a CUDA GPU)."""
     max_queue: int = 64
     """Requests that may wait; beyond it the server answers 503 at once."""
     max_prefix_cache_mb: float = 256.0
@@ -204,7 +212,13 @@ class ServeArgs:
             raise ArgumentError(f"--max_messages must be in 1..{MAX_MESSAGES}, got {self.max_messages}")
         if not 0 < self.port < 65536:
             raise ArgumentError(f"--port must be in 1..65535, got {self.port}")
-        for name in ("max_batch_size", "max_queue"):
+        if self.max_num_seqs is None:
+            self.max_num_seqs = self.max_batch_size
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ArgumentError(f"--max_model_len must be at least 2 tokens, got {self.max_model_len}")
+        if self.compile and not _cuda():
+            raise ArgumentError("--compile needs a CUDA GPU (none is visible); leave it off on CPU")
+        for name in ("max_batch_size", "max_queue", "max_num_seqs"):
             if getattr(self, name) < 1:
                 raise ArgumentError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if self.api_key is not None:  # never echo the key, not even a character of it
@@ -215,6 +229,12 @@ class ServeArgs:
                                     "it holds a non-ASCII or control character")
         if self.prompts_dir is not None and not Path(self.prompts_dir).is_dir():
             raise ArgumentError(f"--prompts_dir {self.prompts_dir} is not a folder")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 @dataclass

@@ -190,3 +190,20 @@ def stack_prefixes(
     cols = torch.arange(Lmax)
     mask = (cols[None, :] >= (Lmax - lengths)[:, None]).long()  # (B, Lmax)
     return plain_cache(data, read_only), mask, lengths
+
+
+def extend_prefix(model: PreTrainedModel, prefix: PrefixKV | None, ids: list[int]) -> PrefixKV:
+    """The prefix K/V of ``[prefix; ids]``: ``ids`` run once after ``prefix`` (None: at position 0), e.g. a chat
+    template's fixed opening after a soft prompt. Each layer (1, n_kv_heads, L + len(ids), head_dim)."""
+    start = prefix.length if prefix is not None else 0
+    device = next(model.parameters()).device
+    cache = prefix.expand(1) if prefix is not None else plain_cache()  # plain layers: every column kept
+    with torch.no_grad():
+        out = model.get_decoder()(
+            input_ids=torch.tensor([ids], dtype=torch.long, device=device),  # (1, T)
+            attention_mask=torch.ones(1, start + len(ids), dtype=torch.long, device=device),
+            position_ids=torch.arange(start, start + len(ids), device=device)[None],
+            past_key_values=cache, use_cache=True,
+        )
+    layers = out.past_key_values.layers
+    return PrefixKV([layer.keys for layer in layers], [layer.values for layer in layers])

@@ -43,32 +43,49 @@ class Result:
     completion_tokens: int
 
 
-class _TextStream:
-    """Incremental detokenisation of one row, with stop strings; emits only text that is final."""
+class TextStream:
+    """Incremental detokenisation of one row, with stop strings; emits only text that is final.
+
+    Each token decodes a small window of recent ids only (``prefix_offset``/``read_offset``, as vLLM and
+    TGI do): the text of ``ids[prefix_offset:]`` minus that of ``ids[prefix_offset:read_offset]`` is new,
+    unless it ends in half a character. Stop strings are looked for in the new text and the few characters
+    before it, and text that could still begin one is held back, so a stream never shows a stop string.
+    """
 
     def __init__(self, tokenizer, stop: Sequence[str], emit: Callable[[str], None] | None):
         self.tokenizer, self.stop, self.emit = tokenizer, [s for s in stop if s], emit
         self.ids: list[int] = []
         self.text, self.sent, self.stopped = "", 0, False
+        self.prefix_offset = self.read_offset = 0
         self.hold = max((len(s) for s in self.stop), default=1) - 1
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def push(self, token_id: int) -> bool:
         """Add a token; True when a stop string ended the row."""
         self.ids.append(token_id)
-        self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        for s in self.stop:
-            at = self.text.find(s)
-            if at >= 0:
-                self.text, self.stopped = self.text[:at], True
+        before = self._decode(self.ids[self.prefix_offset:self.read_offset])
+        after = self._decode(self.ids[self.prefix_offset:])
+        if len(after) > len(before) and not after.endswith("\ufffd"):  # else: half of a multi-byte character
+            old = len(self.text)
+            self.text += after[len(before):]
+            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+            for s in self.stop:
+                at = self.text.find(s, max(0, old - len(s) + 1))
+                if at >= 0:
+                    self.text, self.stopped = self.text[:at], True
         safe = len(self.text) if self.stopped else max(self.sent, len(self.text) - self.hold)
-        if self.text.endswith("\ufffd") and not self.stopped:  # half of a multi-byte character
-            safe = min(safe, len(self.text) - 1)
         if self.emit is not None and safe > self.sent:
             self.emit(self.text[self.sent:safe])
             self.sent = safe
         return self.stopped
 
     def flush(self) -> None:
+        if not self.stopped and self.read_offset < len(self.ids):  # a trailing half character, as decode shows it
+            self.text += self._decode(self.ids[self.prefix_offset:])[len(self._decode(
+                self.ids[self.prefix_offset:self.read_offset])):]
+            self.read_offset = len(self.ids)
         if self.emit is not None and len(self.text) > self.sent:
             self.emit(self.text[self.sent:])
             self.sent = len(self.text)
@@ -94,6 +111,19 @@ class MultiTaskPredictor:
     def chat_ids(self, messages: Sequence[dict], tools: str | None = None, system: str | None = None) -> list[int]:
         """The prompt's token ids: the chat template (or ``template``) over the turns, ready to answer."""
         return encode_prompt(self.lm.tokenizer, messages, system, tools, self.template)
+
+    def opening_ids(self) -> list[int]:
+        """The longest token prefix every chat prompt starts with (the template's fixed opening, e.g. its system
+        text): the common start of two different conversations; [] when the template gives none."""
+        try:
+            a = self.chat_ids([{"role": "user", "content": "Hi"}])
+            b = self.chat_ids([{"role": "user", "content": "What is 2 + 2? Answer briefly."}])
+        except Exception:  # noqa: BLE001 - a template that cannot render these has no opening to share
+            return []
+        n = 0
+        while n < min(len(a), len(b)) and a[n] == b[n]:
+            n += 1
+        return a[:n]
 
     def text_ids(self, text: str) -> list[int]:
         return self.lm.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -129,7 +159,7 @@ class MultiTaskPredictor:
         row for which ``cancelled(i)`` turns true (its client went away) stops early."""
         prefixes = [self.registry.prefix(r.task) for r in requests]
         streams = [
-            _TextStream(self.lm.tokenizer, r.stop, (lambda d, i=i: on_text(i, d)) if on_text else None)
+            TextStream(self.lm.tokenizer, r.stop, (lambda d, i=i: on_text(i, d)) if on_text else None)
             for i, r in enumerate(requests)
         ]
         outputs = self.generate(

@@ -30,6 +30,8 @@ from softprompt.kv import roll_rows
 from softprompt.methods import METHODS, of, read_adapter, save_adapter
 from softprompt.model import LoadedModel, load_model
 from softprompt.multitask import MultiTaskPredictor, Request
+from softprompt.serve.batcher import Batcher
+from softprompt.serve.scheduler import make_engine
 from tests.e2e.test_bad_input import refused
 from tests.families import FAMILIES, write_family
 from tests.helpers import train_flags, write_alpaca_dataset
@@ -45,6 +47,8 @@ ARGS = {"prompt_tuning": {}, "p_tuning": {"encoder_hidden_size": 16}, "prefix_tu
 LOADED = [f for f, fam in FAMILIES.items() if "model" not in fam.refused]
 CASES = [(f, m) for f in LOADED for m in PROMPT_METHODS if m not in FAMILIES[f].refused]
 REFUSED = [(f, m) for f in LOADED for m in PROMPT_METHODS if m in FAMILIES[f].refused]
+SLOTLESS = {"bloom"}
+"""Families served batch by batch (:class:`Batcher`): ALiBi biases built from a 2-D mask, no 4-D mask taken."""
 PEFT_DEFAULTS_DIFFER = {("falcon", "prefix_tuning"), ("opt", "prompt_tuning"), ("opt", "p_tuning")}
 """Where PEFT's own sizing of a new adapter does not fit the model (softprompt's saved config does): multi-query
 Falcon keeps 1 K/V head, PEFT provisions 4; OPT-350m's embeddings are 32 wide, PEFT's prompt is hidden_size 48."""
@@ -197,6 +201,31 @@ def test_mixed_task_batch_equals_each_alone(built, family):
     together = [r.token_ids for r in mt.run(requests)]
     assert together == [mt.run([r])[0].token_ids for r in requests]
     assert len({tuple(x) for x in together}) > len(prompts)  # the tasks really answer differently
+
+
+@pytest.mark.parametrize("family", sorted({f for f, _ in CASES}, key=list(FAMILIES).index))
+def test_the_server_engine_serves_mixed_tasks_as_the_plain_engine(built, family):
+    """The continuous-batching scheduler (slot K/V cache, 4-D masks per layer kind, cached prefixes with the
+    template's opening, prefill in chunks of 4) gives each request the plain engine's tokens, sliding windows
+    included; a family its slot path does not fit is served by the batch-at-a-time Batcher instead."""
+    b = built(family)
+    mt = MultiTaskPredictor(b.lm, prompts_dir=str(b.tasks))
+    engine = make_engine(mt, 4, 128, 64)
+    if isinstance(engine, Batcher):
+        assert family in SLOTLESS, f"{family}: the slot path was refused"
+        return
+    engine.prefill_chunk = 4
+    vocab = b.lm.model.get_input_embeddings().num_embeddings
+    prompts = _prompts(vocab) + [mt.chat_ids([{"role": "user", "content": t}]) for t in ("hello there", "why")]
+    requests = [Request(task, p, SamplingParams(max_new_tokens=NEW)) for p in prompts for task in [*b.adapters, "base"]]
+    engine.start()
+    try:
+        jobs = [engine.submit(r) for r in requests]
+        served = [j.future.result(120).token_ids for j in jobs]
+    finally:
+        engine.stop()
+    assert served == [mt.run([r])[0].token_ids for r in requests]
+    assert engine.prefixes.stats["hits"] + engine.prefixes.stats["computed"] > 0
 
 
 @pytest.mark.parametrize("family", sorted({f for f, _ in CASES}, key=list(FAMILIES).index))

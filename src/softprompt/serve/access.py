@@ -5,8 +5,8 @@
   reason); when the response has ended, the last chunk of a stream included, it hands the record to
   :class:`~softprompt.serve.metrics.ServeMetrics` and logs one line (logger ``softprompt``). Requests the
   guard refuses (401, 413) are counted and logged too, as task ``(unknown)``.
-- :class:`MeteredPredictor` stands between the batcher and the predictor: it times each request's first
-  text (streamed or not) and reports every engine run to ``ServeMetrics.step``.
+- :func:`timed` wraps a request's text callback so that its first text (streamed or not) is timed; the
+  engine itself reports each decode step to ``ServeMetrics.step``.
 
 The line never holds the prompt, the answer or the API key, e.g.::
 
@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from softprompt.multitask import MultiTaskPredictor, Request as GenRequest, Result
+from softprompt.multitask import Result
 from softprompt.serve.metrics import UNKNOWN_TASK, ServeMetrics
 
 log = logging.getLogger("softprompt")
@@ -109,35 +109,16 @@ def access_line(method: str, path: str, record: RequestRecord, status: int, seco
     return " ".join(parts)
 
 
-class MeteredPredictor:
-    """The predictor as the batcher sees it (``run``), with each request's first text timed and each
-    run reported as an engine step. ``waiting()`` gives the number of queued requests."""
+def timed(record: RequestRecord, metrics: ServeMetrics,
+          on_text: Callable[[str], None] | None = None) -> Callable[[str], None]:
+    """The engine's text callback for one request: its first text timed into ``record`` (and
+    ``metrics.first_token``), every piece passed on to ``on_text`` (a stream's) when there is one."""
 
-    def __init__(self, predictor: MultiTaskPredictor, metrics: ServeMetrics, waiting: Callable[[], int]):
-        self.predictor, self.metrics, self.waiting = predictor, metrics, waiting
-        self._records: dict[int, RequestRecord] = {}
+    def text(delta: str) -> None:
+        if record.first_text_s is None:
+            record.first_text_s = time.perf_counter() - record.start
+            metrics.first_token(record.task, record.first_text_s)
+        if on_text is not None:
+            on_text(delta)
 
-    def track(self, request: GenRequest, record: RequestRecord) -> None:
-        """Time ``request``'s first text into ``record`` (call before submitting it; :meth:`untrack` after)."""
-        self._records[id(request)] = record
-
-    def untrack(self, request: GenRequest) -> None:
-        self._records.pop(id(request), None)
-
-    def run(self, requests: Sequence[GenRequest], on_text: Callable[[int, str], None] | None = None,
-            cancelled: Callable[[int], bool] | None = None) -> list[Result]:
-        """``MultiTaskPredictor.run``; one call is one step for the metrics (the whole batch's generation,
-        until a scheduler reports each decode step)."""
-        records = [self._records.get(id(r)) for r in requests]
-
-        def text(i: int, delta: str) -> None:
-            record = records[i]
-            if record is not None and record.first_text_s is None:
-                record.first_text_s = time.perf_counter() - record.start
-                self.metrics.first_token(record.task, record.first_text_s)
-            if on_text is not None:
-                on_text(i, delta)
-
-        results = self.predictor.run(requests, on_text=text, cancelled=cancelled)
-        self.metrics.step(len(requests), self.waiting(), sum(r.completion_tokens for r in results))
-        return results
+    return text

@@ -1,4 +1,5 @@
-"""FastAPI app: OpenAI-compatible endpoints over a MultiTaskPredictor and its Batcher.
+"""FastAPI app: OpenAI-compatible endpoints over a MultiTaskPredictor and its engine (the continuous-batching
+:class:`~softprompt.serve.scheduler.Scheduler`, or the batch-at-a-time Batcher where the slot path does not fit).
 
 ``model`` in a request is the task name (an adapter folder under ``--prompts_dir``, or ``base``).
 Errors use OpenAI's JSON shape: unknown task 404, malformed body 400, prompt too long 400,
@@ -33,8 +34,9 @@ from softprompt.files import one_line
 from softprompt.prompts import TaskUnavailableError, UnknownTaskError
 from softprompt.multitask import ContextLengthError, MultiTaskPredictor, Request as GenRequest, Result
 from softprompt.serve import protocol as P
-from softprompt.serve.access import AccessLog, MeteredPredictor, RequestRecord
+from softprompt.serve.access import AccessLog, RequestRecord, timed
 from softprompt.serve.batcher import Batcher, Job, QueueFullError
+from softprompt.serve.scheduler import Scheduler, make_engine
 from softprompt.serve.guard import Guard
 from softprompt.serve.metrics import CONTENT_TYPE, ServeMetrics
 
@@ -100,14 +102,17 @@ def _note_error(request: Request, exc: ServeError) -> None:
         record.error = exc.code or exc.type
 
 
-def create_app(predictor: MultiTaskPredictor, api_key: str | None = None, max_batch_size: int = 8,
-               batch_window_ms: float = 10.0, max_queue: int = 64, max_body_bytes: int = 1 << 20,
-               max_messages: int | None = None) -> FastAPI:
-    """The app. ``max_messages`` bounds the messages of a chat request (None: one per token of the model's
-    context, :func:`~softprompt.serve.protocol.max_messages_for`; never over ``protocol.MAX_MESSAGES``)."""
-    metrics = ServeMetrics()
-    metered = MeteredPredictor(predictor, metrics, lambda: batcher.waiting())
-    batcher = Batcher(metered, max_batch_size, batch_window_ms / 1000, max_queue)  # type: ignore[arg-type]
+def create_app(predictor: MultiTaskPredictor, api_key: str | None = None, max_num_seqs: int = 8,
+               max_model_len: int | None = None, max_queue: int = 64, max_body_bytes: int = 1 << 20,
+               max_messages: int | None = None, metrics: ServeMetrics | None = None, compile: bool = False,
+               prefix_cache_mb: float = 64) -> FastAPI:
+    """The app over a :class:`~softprompt.serve.scheduler.Scheduler` (``max_num_seqs`` slots of ``max_model_len``
+    tokens; ``metrics.step`` called once per decode step). ``max_messages`` bounds the messages of a chat request
+    (None: one per token of the model's context, :func:`~softprompt.serve.protocol.max_messages_for`; never over
+    ``protocol.MAX_MESSAGES``)."""
+    metrics = metrics or ServeMetrics()
+    batcher = make_engine(predictor, max_num_seqs, max_model_len, max_queue, metrics, compile,
+                          int(prefix_cache_mb * 2**20))
     max_messages = min(max_messages or P.max_messages_for(predictor.max_context), P.MAX_MESSAGES)
 
     @asynccontextmanager
@@ -119,14 +124,15 @@ def create_app(predictor: MultiTaskPredictor, api_key: str | None = None, max_ba
         await asyncio.to_thread(batcher.stop)  # requests in flight finish first
 
     app = FastAPI(title="softprompt", lifespan=lifespan)
-    app.state.batcher, app.state.predictor, app.state.metrics = batcher, predictor, metrics
+    app.state.batcher = app.state.engine = batcher  # .queue_depth(), .running()
+    app.state.predictor, app.state.metrics = predictor, metrics
 
     _handle_errors(app)
     app.add_middleware(Guard, api_key=api_key, max_body_bytes=max_body_bytes)
     app.add_middleware(AccessLog, metrics=metrics)  # added last: outside the guard, so its 401s and 413s count
 
     _info_routes(app, predictor, metrics)
-    _generation_routes(app, Served(batcher, metered, metrics), max_messages)
+    _generation_routes(app, Served(batcher, predictor, metrics), max_messages)
     return app
 
 
@@ -159,7 +165,7 @@ def _info_routes(app: FastAPI, predictor: MultiTaskPredictor, metrics: ServeMetr
 def _generation_routes(app: FastAPI, served: Served, max_messages: int) -> None:
     """``/v1/chat/completions`` and ``/v1/completions``; each request's record is ``request.state.record``
     (:class:`~softprompt.serve.access.AccessLog` made it)."""
-    predictor: MultiTaskPredictor = served.metered.predictor
+    predictor = served.predictor
 
     @app.post("/v1/chat/completions")
     async def chat(body: P.ChatCompletionRequest, http: Request):
@@ -169,7 +175,7 @@ def _generation_routes(app: FastAPI, served: Served, max_messages: int) -> None:
         if len(body.messages) > max_messages:
             raise ServeError(400, f"messages: {len(body.messages)} messages, over this server's limit of "
                              f"{max_messages}", code="array_above_max_length", param="messages")
-        request = await asyncio.to_thread(_chat_request, predictor, body, record)  # not on the event loop
+        request = await asyncio.to_thread(_chat_request, predictor, served.batcher, body, record)  # not on the event loop
         return await _answer(served, record, body, request, chat=True)
 
     @app.post("/v1/completions")
@@ -177,11 +183,11 @@ def _generation_routes(app: FastAPI, served: Served, max_messages: int) -> None:
         record: RequestRecord = http.state.record
         record.stream = bool(body.stream)
         _refuse_if_full(served.batcher)
-        request = await asyncio.to_thread(_completion_request, predictor, body, record)
+        request = await asyncio.to_thread(_completion_request, predictor, served.batcher, body, record)
         return await _answer(served, record, body, request, chat=False)
 
 
-def _refuse_if_full(batcher: Batcher) -> None:
+def _refuse_if_full(batcher: Scheduler | Batcher) -> None:
     """503 at once, before any work, when the queue is full (submit checks again: it may fill meanwhile)."""
     if batcher.full():
         raise ServeError(503, f"the server is busy: {batcher.max_queue} requests are waiting", "server_error",
@@ -190,27 +196,25 @@ def _refuse_if_full(batcher: Batcher) -> None:
 
 @dataclass
 class Served:
-    """What answering a generation request needs: the batcher, the metered predictor in front of the
-    engine, the metrics."""
+    """What answering a generation request needs: the engine, the predictor under it, the metrics."""
 
-    batcher: Batcher
-    metered: MeteredPredictor
+    batcher: Scheduler | Batcher
+    predictor: MultiTaskPredictor
     metrics: ServeMetrics
 
     def submit(self, request: GenRequest, record: RequestRecord, on_text: Callable[[str], None] | None = None) -> Job:
         """Queue ``request`` (503 when the queue is full), its first text timed into ``record``."""
-        self.metered.track(request, record)
         try:
-            job = self.batcher.submit(request, on_text=on_text)
+            job = self.batcher.submit(request, on_text=timed(record, self.metrics, on_text))
         except QueueFullError as exc:
-            self.metered.untrack(request)
             raise ServeError(503, str(exc), "server_error", "overloaded") from None
         record.queued = True
         self.metrics.request_queued(record.task)
         return job
 
 
-def _chat_request(predictor: MultiTaskPredictor, body: P.ChatCompletionRequest, record: RequestRecord) -> GenRequest:
+def _chat_request(predictor: MultiTaskPredictor, engine: Scheduler | Batcher, body: P.ChatCompletionRequest,
+                  record: RequestRecord) -> GenRequest:
     """The generation request of a chat body: its messages through the chat template (on a worker thread)."""
     messages = [m.model_dump() for m in body.messages]
     try:
@@ -223,24 +227,25 @@ def _chat_request(predictor: MultiTaskPredictor, body: P.ChatCompletionRequest, 
         raise ServeError(400, "tools: nested too deeply", param="tools") from None
     except DataError as exc:
         raise ServeError(400, str(exc), param="messages") from None
-    return _request(predictor, body, ids, record)
+    return _request(engine, body, ids, record)
 
 
-def _completion_request(predictor: MultiTaskPredictor, body: P.CompletionRequest, record: RequestRecord) -> GenRequest:
+def _completion_request(predictor: MultiTaskPredictor, engine: Scheduler | Batcher, body: P.CompletionRequest,
+                        record: RequestRecord) -> GenRequest:
     try:
         check_unicode(body.prompt, "prompt")
     except DataError as exc:
         raise ServeError(400, str(exc), param="prompt") from None
-    return _request(predictor, body, predictor.text_ids(body.prompt), record)
+    return _request(engine, body, predictor.text_ids(body.prompt), record)
 
 
-def _request(predictor: MultiTaskPredictor, body: P._Sampling, ids: list[int], record: RequestRecord) -> GenRequest:
+def _request(engine: Scheduler | Batcher, body: P._Sampling, ids: list[int], record: RequestRecord) -> GenRequest:
     """The generation request; ``record.task`` is set once the task is known to exist."""
     max_tokens = body.max_completion_tokens or body.max_tokens or P.DEFAULT_MAX_TOKENS
     params = SamplingParams(max_tokens, body.temperature, body.top_p, body.top_k, body.seed)
     request = GenRequest(body.model, ids, params, body.stop_list())
     try:
-        predictor.check(request)
+        engine.check(request)
     except UnknownTaskError:
         raise ServeError(404, f"the model (task) {one_line(repr(body.model), 100)} does not exist; GET /v1/models "
                          "lists them", code="model_not_found", param="model") from None
@@ -262,10 +267,7 @@ async def _answer(served: Served, record: RequestRecord, body: P._Sampling, requ
     if body.stream:
         return StreamingResponse(_stream(served, record, request, body.model, chat), media_type="text/event-stream")
     job = served.submit(request, record)
-    try:
-        result: Result = await served.batcher.result(job)
-    finally:
-        served.metered.untrack(request)
+    result: Result = await served.batcher.result(job)
     record.answered(result)
     make = P.chat_response if chat else P.completion_response
     return make(body.model, result.text, result.finish_reason, _usage(result))
@@ -297,7 +299,6 @@ def _stream(served: Served, record: RequestRecord, request: GenRequest, model: s
             yield _sse(P.error_body(str(exc), "server_error"))
         finally:
             job.cancelled = True
-            served.metered.untrack(request)
 
     return events()
 

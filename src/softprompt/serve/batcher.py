@@ -1,4 +1,5 @@
-"""Collects concurrent requests into mixed-task batches on one worker thread.
+"""Collects concurrent requests into mixed-task batches on one worker thread: the fallback of
+:mod:`~softprompt.serve.scheduler` for models its slot cache does not fit (e.g. ALiBi, recurrent layers).
 
 A request waits at most ``window_s`` for others to join (up to ``max_batch_size``); the queue
 is bounded, and a full queue refuses at once (the HTTP layer answers 503).
@@ -41,12 +42,15 @@ class Job:
 
 class Batcher:
     def __init__(self, predictor: MultiTaskPredictor, max_batch_size: int = 8, window_s: float = 0.01,
-                 max_queue: int = 64):
+                 max_queue: int = 64, metrics=None):
+        """``metrics.step(batch_size, queue_depth, new_tokens)`` is called once per batch run (when given)."""
         self.predictor, self.max_batch_size, self.window_s = predictor, max_batch_size, window_s
+        self.metrics = metrics
         self._queue: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="softprompt-batcher", daemon=True)
         self.batches_run = 0
+        self._running = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -60,12 +64,20 @@ class Batcher:
     def max_queue(self) -> int:
         return self._queue.maxsize
 
-    def waiting(self) -> int:
-        return self._queue.qsize()
-
     def full(self) -> bool:
         """Whether a request submitted now would be refused."""
         return self._queue.full()
+
+    def queue_depth(self) -> int:
+        """Requests waiting."""
+        return self._queue.qsize()
+
+    def running(self) -> int:
+        """Requests in the batch being generated."""
+        return self._running
+
+    def check(self, request: Request) -> None:
+        self.predictor.check(request)
 
     def submit(self, request: Request, on_text: Callable[[str], None] | None = None) -> Job:
         job = Job(request, on_text=on_text)
@@ -100,6 +112,7 @@ class Batcher:
 
     def _run(self, jobs: list[Job]) -> None:
         """Run one batch; if it fails, run its jobs one by one so that only the culprit fails."""
+        self._running = len(jobs)
         try:
             results = self.predictor.run(
                 [j.request for j in jobs],
@@ -120,5 +133,8 @@ class Batcher:
             jobs[0].future.set_exception(exc)
             return
         self.batches_run += 1
+        self._running = 0
+        if self.metrics is not None:
+            self.metrics.step(len(jobs), self.queue_depth(), sum(r.completion_tokens for r in results))
         for j, r in zip(jobs, results):
             j.future.set_result(r)

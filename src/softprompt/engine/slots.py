@@ -1,0 +1,176 @@
+"""A preallocated K/V cache of ``max_num_seqs`` slots, written in place: the memory under continuous batching.
+
+Each layer holds keys and values of shape ``(max_num_seqs + 1, n_kv_heads, max_model_len, head_dim)``; the
+last slot is scratch. A request owns one slot while it runs: its prefix (soft prompt and shared text) at
+columns ``0..P-1``, then its prompt, then what it generates, so **a column is a position** in every row.
+Each forward gets a :class:`SlotCache` whose ``update`` writes the new K/V at each row's own columns and
+returns the pool's rows as views (nothing grows, nothing is copied), and a 4-D attention mask per layer
+kind built from each row's positions (causal, and the sliding window where a layer has one). Rows of
+different lengths therefore share a step without padding moving anything: a row's tokens are the same
+alone or in any crowd.
+
+This path needs a model whose attention takes a prepared 4-D mask (Llama, Qwen, Mistral, Gemma, Phi-3...);
+:meth:`SlotRunner.probe` checks a model against a plain forward before it is used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import Cache, PreTrainedModel
+from transformers.cache_utils import DynamicLayer
+
+from softprompt.kv import PrefixKV, plain_cache
+from softprompt.model import lm_logits
+
+
+@dataclass
+class KVPool:
+    """Per layer keys and values, each ``(slots + 1, n_kv_heads, max_model_len, head_dim)``; slot ``slots``
+    is scratch (rows that only fill a step write there)."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
+    @classmethod
+    def allocate(cls, model: PreTrainedModel, slots: int, max_model_len: int) -> KVPool:
+        """Zeroed buffers shaped after one probing token's K/V (so per-layer head counts and sizes are right)."""
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            out = model.get_decoder()(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device),
+                                      past_key_values=plain_cache(), use_cache=True)
+        shapes = [(layer.keys.shape[1], layer.keys.shape[3], layer.keys.dtype) for layer in out.past_key_values.layers]
+        keys = [torch.zeros(slots + 1, h, max_model_len, d, dtype=t, device=device) for h, d, t in shapes]
+        values = [torch.zeros(slots + 1, h, max_model_len, d, dtype=t, device=device) for h, d, t in shapes]
+        return cls(keys, values)
+
+
+class SlotCache(Cache):
+    """One forward's view of the pool: rows ``rows`` (a slice of slots), new K/V written at ``(slot, column)``.
+
+    ``slots`` is (B, 1) long (the slot each row writes to: its own, or the scratch slot) and ``cols`` (B, T)
+    the columns of its T new tokens; ``update`` returns the pool's ``rows`` up to ``width`` columns, views of
+    shape (B, n_kv_heads, width, head_dim).
+    """
+
+    def __init__(self, pool: KVPool, rows: slice, slots: torch.Tensor, cols: torch.Tensor, width: int):
+        super().__init__(layers=[DynamicLayer() for _ in pool.keys])
+        self.pool, self.rows, self.slots, self.cols, self.width = pool, rows, slots, cols, width
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        keys, values = self.pool.keys[layer_idx], self.pool.values[layer_idx]
+        keys[self.slots, :, self.cols] = key_states.transpose(1, 2)  # (B, T, nkv, hs) at (slot, column)
+        values[self.slots, :, self.cols] = value_states.transpose(1, 2)
+        return keys[self.rows, :, :self.width], values[self.rows, :, :self.width]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.width - self.cols.shape[1]
+
+
+def mask_kinds(model: PreTrainedModel) -> dict[str, int | None]:
+    """Layer kind -> its sliding window (None: full causal attention), from the model's config."""
+    config = model.config.get_text_config()
+    window = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None)
+    if not types:
+        return {"sliding_attention" if window else "full_attention": window}
+    unknown = set(types) - {"full_attention", "sliding_attention"}
+    if unknown:
+        raise NotImplementedError(f"layer kinds {sorted(unknown)} have no slot cache")
+    return {kind: (window if kind == "sliding_attention" else None) for kind in set(types)}
+
+
+def slot_masks(positions: torch.Tensor, live: torch.Tensor, width: int, kinds: dict[str, int | None],
+               dtype: torch.dtype) -> torch.Tensor | dict[str, torch.Tensor]:
+    """Additive masks (B, 1, T, width): query at ``positions`` (B, T) sees columns at or before it (and within
+    its window); a row not ``live`` (B,) sees column 0 only (its output is thrown away, and never NaN)."""
+    cols = torch.arange(width, device=positions.device)
+    seen = cols[None, None, :] <= positions[:, :, None]  # (B, T, width)
+    masks = {}
+    for kind, window in kinds.items():
+        allowed = seen & (cols[None, None, :] > positions[:, :, None] - window) if window else seen
+        allowed = torch.where(live[:, None, None], allowed, cols[None, None, :] == 0)
+        masks[kind] = torch.zeros(allowed.shape, dtype=dtype, device=positions.device).masked_fill(
+            ~allowed, torch.finfo(dtype).min)[:, None]  # (B, 1, T, width)
+    return next(iter(masks.values())) if len(masks) == 1 else masks
+
+
+class SlotRunner:
+    """Forward passes over the slot pool: load a prefix, prefill a chunk of one slot, decode a step of many."""
+
+    def __init__(self, model: PreTrainedModel, max_num_seqs: int, max_model_len: int):
+        self.model, self.decoder = model, model.get_decoder()
+        self.max_num_seqs, self.max_model_len = max_num_seqs, max_model_len
+        self.kinds = mask_kinds(model)
+        self.pool = KVPool.allocate(model, max_num_seqs, max_model_len)
+        self.device = self.pool.keys[0].device
+        self.dtype = next(model.parameters()).dtype if next(model.parameters()).is_floating_point() else torch.float32
+        self.decode_fn = self._forward
+
+    def compile(self) -> None:
+        """``torch.compile`` the decoder's steps (a GPU option; shapes vary, so dynamic)."""
+        self.decode_fn = torch.compile(self._forward, dynamic=True)
+
+    def load(self, slot: int, prefix: PrefixKV | None) -> int:
+        """Copy ``prefix`` into columns ``0..P-1`` of ``slot``; returns P (0 for none)."""
+        if prefix is None:
+            return 0
+        for layer, (k, v) in enumerate(zip(prefix.keys, prefix.values)):
+            self.pool.keys[layer][slot, :, :k.shape[2]] = k[0]
+            self.pool.values[layer][slot, :, :v.shape[2]] = v[0]
+        return prefix.length
+
+    @torch.no_grad()
+    def prefill(self, slot: int, ids: list[int], start: int) -> torch.Tensor:
+        """Run ``ids`` of ``slot`` at positions ``start..``; returns the last one's logits (V,)."""
+        positions = torch.arange(start, start + len(ids), device=self.device)[None]  # (1, T)
+        tokens = torch.tensor([ids], dtype=torch.long, device=self.device)
+        live = torch.ones(1, dtype=torch.bool, device=self.device)
+        slots = torch.tensor([[slot]], device=self.device)
+        return self._forward(slice(slot, slot + 1), slots, tokens, positions, live)[0]
+
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+        """One step for slots ``0..n-1``: ``tokens``, ``positions`` and ``live`` are (n,); a row not live
+        writes to the scratch slot. Returns logits (n, V)."""
+        n = tokens.shape[0]
+        slots = torch.where(live, torch.arange(n, device=self.device), self.max_num_seqs)[:, None]  # (n, 1)
+        return self.decode_fn(slice(0, n), slots, tokens[:, None], positions[:, None], live)
+
+    def _forward(self, rows: slice, slots: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor,
+                 live: torch.Tensor) -> torch.Tensor:
+        """``tokens`` and ``positions`` (B, T); each row's K/V go to column = position. Logits (B, V) of the
+        last token of each row."""
+        width = int(positions[live].max()) + 1 if bool(live.any()) else 1
+        cache = SlotCache(self.pool, rows, slots, positions.clamp(max=self.max_model_len - 1), width)
+        mask = slot_masks(positions, live, width, self.kinds, self.dtype)
+        hidden = self.decoder(input_ids=tokens, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                              use_cache=True).last_hidden_state  # (B, T, d)
+        return lm_logits(self.model, hidden[:, -1])
+
+    @torch.no_grad()
+    def probe(self) -> str | None:
+        """Check this path against a plain forward of the same tokens (two prefill chunks, then three decode
+        steps beside an idle slot); None when it matches, else why not."""
+        try:
+            vocab = self.model.get_input_embeddings().weight.shape[0]
+            ids = [(7 * i + 3) % vocab for i in range(13)]
+            hidden = self.decoder(input_ids=torch.tensor([ids], device=self.device),
+                                  past_key_values=plain_cache(), use_cache=True).last_hidden_state
+            want = lm_logits(self.model, hidden[0])  # (13, V)
+            got = [self.prefill(0, ids[:6], 0), self.prefill(0, ids[6:10], 6)]
+            live = torch.tensor([True, False] if self.max_num_seqs > 1 else [True], device=self.device)
+            for pos in range(10, 13):
+                tokens = torch.full(live.shape, ids[pos], device=self.device)
+                got.append(self.decode(tokens, torch.full(live.shape, pos, device=self.device), live)[0])
+            ref = torch.stack([want[5], want[9], want[10], want[11], want[12]])
+            if not torch.allclose(torch.stack(got).float(), ref.float(), atol=1e-3, rtol=1e-3):
+                return "its logits through the slot cache differ from a plain forward"
+        except Exception as exc:  # noqa: BLE001 - any failure means: not this path
+            return f"{type(exc).__name__}: {exc}"
+        return None
