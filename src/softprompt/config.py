@@ -297,7 +297,7 @@ class TrainArgs:
     at least 4, before any label) once per batch, batch 1, right after the soft prompt (or prefix tuning's K/V, or
     alone for lora/full/freeze), with gradient, and only each row's own tokens after them: the same loss and
     gradients for less compute. Off while the base drops out in training (LoRA's dropout included: each row
-    draws its own masks)."""
+    draws its own masks) and on an --fsdp sharded base."""
     group_by_prefix: bool = False
     """Shuffle the training rows as usual, then, within windows of 64 batches, sort them by their tokens so that
     rows with the same leading tokens (e.g. the same instruction) share batches, and shuffle the batches' order:

@@ -198,7 +198,7 @@ class AdaptedLM(nn.Module):
     ``shared_prefix``: the tokens every row of the batch starts with (:func:`shared_length`: a chat
     template's system text, a dataset's instruction) join the prefix pass, batch 1, and the rows run
     only their own suffix after it; loss and gradients equal the row-by-row pass (float rounding). Off
-    while a dropout is active in training (each row would draw its own masks).
+    while a dropout is active in training (each row would draw its own masks) and on an FSDP-sharded base.
     """
 
     def __init__(self, base: PreTrainedModel, adapter: nn.Module | None, shared_prefix: bool = True):
@@ -213,8 +213,9 @@ class AdaptedLM(nn.Module):
     ) -> tuple[torch.Tensor, int]:
         """``input_ids``, ``attention_mask``, ``labels`` (B, T) -> (summed loss, labelled tokens)."""
         S = 0
-        if self.shared_prefix and not (self._dropout and self.training):
-            S = shared_length(input_ids, attention_mask, labels)
+        if self.shared_prefix and not (self._dropout and self.training) and not is_sharded(self.base):
+            S = shared_length(input_ids, attention_mask, labels)  # (under FSDP the embedding table is a DTensor
+            # outside the base's own forward: the shared tokens stay in the rows there)
         prefix = prefix_of(self.base, self.adapter, input_ids[0, :S] if S else None)
         if S:  # the rows' own suffixes, after [prompt; shared tokens]
             input_ids, attention_mask, labels = input_ids[:, S:], attention_mask[:, S:], labels[:, S:]
