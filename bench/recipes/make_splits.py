@@ -13,8 +13,10 @@ softprompt `--dataset_dir`:
     agnews_select    rows 512-811  of that shuffle  (choosing)
     agnews_test      rows 812-1811 of that shuffle  (never used for choosing)
 
-A selection or test row whose `input` text equals a training row's is dropped (the count is printed
-and written to splits.json), so every scored phrase is one training never saw. Exits 0 with a
+A selection row whose `input` text equals a training row's, and a test row whose text equals a
+training or selection row's, is dropped (AG News repeats some articles; the counts are printed and
+written to splits.json), so every scored text is one training never saw and test shares none with
+selection. Exits 0 with a
 one-line message when --shared is absent (the datasets live only in the dev workspace).
 """
 
@@ -63,13 +65,12 @@ def build(shared: Path) -> tuple[dict[str, list[dict]], dict[str, int]]:
     splits = {"sst2_train512": sst2_train, "agnews_train512": ag_train}
     dropped: dict[str, int] = {}
     candidates = {
-        "sst2_select": (sst2_dev[slice(*SST2_SELECT)], sst2_train),
-        "sst2_test": (sst2_dev[slice(*SST2_TEST)], sst2_train),
-        "agnews_select": (ag[N_TRAIN:N_TRAIN + AG_SELECT], ag_train),
-        "agnews_test": (ag[N_TRAIN + AG_SELECT:N_TRAIN + AG_SELECT + AG_TEST], ag_train),
+        "sst2": (sst2_train, sst2_dev[slice(*SST2_SELECT)], sst2_dev[slice(*SST2_TEST)]),
+        "agnews": (ag_train, ag[N_TRAIN:N_TRAIN + AG_SELECT], ag[N_TRAIN + AG_SELECT:N_TRAIN + AG_SELECT + AG_TEST]),
     }
-    for name, (rows, train) in candidates.items():
-        splits[name], dropped[name] = drop_seen(rows, train)
+    for ds, (train, select, test) in candidates.items():
+        splits[f"{ds}_select"], dropped[f"{ds}_select"] = drop_seen(select, train)
+        splits[f"{ds}_test"], dropped[f"{ds}_test"] = drop_seen(test, train + splits[f"{ds}_select"])
     return splits, dropped
 
 
@@ -85,7 +86,7 @@ def write(splits: dict[str, list[dict]], dropped: dict[str, int], out: Path) -> 
         for r in rows:
             labels[r["output"]] = labels.get(r["output"], 0) + 1
         summary["splits"][name] = {"rows": len(rows), "labels": dict(sorted(labels.items())),
-                                   "dropped_as_seen_in_training": dropped.get(name, 0)}
+                                   "dropped_as_seen_before": dropped.get(name, 0)}
     (out / "dataset_info.json").write_text(json.dumps(info, indent=2) + "\n")
     (out / "splits.json").write_text(json.dumps(summary, indent=2) + "\n")
 
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     splits, dropped = build(args.shared)
     write(splits, dropped, args.out)
     for name, rows in splits.items():
-        print(f"{name}: {len(rows)} rows (dropped as seen in training: {dropped.get(name, 0)})")
+        print(f"{name}: {len(rows)} rows (dropped as already in train/selection: {dropped.get(name, 0)})")
     print(f"wrote {args.out}/dataset_info.json")
     return 0
 
