@@ -69,7 +69,7 @@ def test_recipes_share_the_budget_and_text_init_is_the_instruction() -> None:
 def test_report_ranks_by_accuracy(tmp_path: Path) -> None:
     runs = {name: {"dataset": "sst2", "eval": {"select": {"accuracy": acc, "macro_f1": acc, "examples": 300}},
                    "train": {"updates": 32, "wall_s": 1.0, "cpu_s": 1.0}}
-            for name, acc in (("a", 0.5), ("b", 0.9))}
+            for name, acc in (("a", 50.0), ("b", 90.0))}
     report.write_report({"runs": runs, "sessions": []}, tmp_path / "r.md")
     text = (tmp_path / "r.md").read_text()
     assert "SST-2, select split" in text and text.index("| b | 90.00") < text.index("| a | 50.00")
