@@ -19,12 +19,12 @@ def row(name: str, run: dict, split: str) -> str:
     cells = [name, pct(e.get("accuracy")), pct(e.get("macro_f1")), pct(e.get("accuracy_calibrated")),
              pct(e.get("macro_f1_calibrated")), str(e.get("examples", "")), str(t.get("updates", "")),
              str(t.get("final_loss", "")), str(t.get("last5_loss", "")), str(t.get("wall_s", "")),
-             str(t.get("cpu_s", "")), str(t.get("load_before", "")), str(e.get("wall_s", ""))]
+             str(t.get("cpu_s", "")), f"{t.get('load_before', '')} / {t.get('load_after', '')}", str(e.get("wall_s", ""))]
     return "| " + " | ".join(cells) + " |"
 
 
 HEADER = ("| recipe | accuracy % | macro-F1 % | accuracy % (calibrated) | macro-F1 % (calibrated) | examples "
-          "| updates | final loss | mean of last 5 logged losses | train wall s | train CPU s | load avg at start "
+          "| updates | final loss | mean of last 5 logged losses | train wall s | train CPU s | 1-min load before / after training "
           "| eval wall s |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 
 
