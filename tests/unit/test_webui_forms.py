@@ -112,3 +112,16 @@ def test_yaml_save_and_load_round_trip(tmp_path):
         forms.load_yaml(str(tmp_path / "bad.yaml"), fields)
     with pytest.raises(ArgumentError, match="name a .yaml file"):
         forms.save_yaml(values, str(tmp_path / "run.txt"))
+
+
+def test_every_choice_input_accepts_its_initial_value():
+    """A dropdown whose default is unset (lr_scheduler_type: the method's recipe) offers '' among its choices:
+    Gradio refuses a value outside them, and the whole form's event would fail in the page."""
+    from softprompt.webui.widgets import field_input
+
+    for cls in (ModelArgs, DataArgs, MethodArgs, TrainArgs):
+        for f in forms.form_fields(cls):
+            if f.kind == "choice":
+                box = field_input(f)
+                values = [c[1] if isinstance(c, tuple) else c for c in box.choices]
+                assert f.initial() in values, (f.name, f.initial(), values)

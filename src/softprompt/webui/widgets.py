@@ -66,7 +66,8 @@ def field_input(f: FormField, value: Any = None, **kwargs: Any) -> Any:
     if f.kind == "bool":
         return gr.Checkbox(value=value, **common)
     if f.kind == "choice":
-        return gr.Dropdown(choices=list(f.choices), value=value, **common)
+        unset = [("(unset)", "")] if f.default is None else []  # e.g. lr_scheduler_type: unset = the method's recipe
+        return gr.Dropdown(choices=unset + list(f.choices), value=value, **common)
     return gr.Textbox(value=value, placeholder="(unset)" if f.default is None else None, max_lines=1, **common)
 
 
