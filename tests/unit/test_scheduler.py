@@ -83,6 +83,40 @@ def test_crowd_staggered_and_chunked_equal_alone_and_the_plain_engine(mt):
     assert engine.prefixes.stats["hits"] > 0  # chat prompts started from the cached [soft prompt; opening]
 
 
+def test_several_requests_prefilled_in_one_forward_equal_one_at_a_time(mt):
+    """Chunks of several slots in one right-padded forward: the same K/V and logits as each chunk alone, and,
+    through the scheduler with a budget that splits prompts unevenly, the plain engine's tokens."""
+    prompts = [mt.text_ids("red cat sky why sun dog red cat sky"), mt.text_ids("dog"), mt.text_ids("why sun dog red")]
+    prompts = [p * 3 for p in prompts]
+    together, alone = SlotRunner(mt.lm.model, 4, 64), SlotRunner(mt.lm.model, 4, 64)
+    slots, done = [3, 0, 2], [0, 0, 0]  # not contiguous: the rows are gathered
+    for cut in (5, 2, 9):  # uneven chunks: each round every prompt takes up to `cut` more tokens
+        rows = [i for i in range(3) if done[i] < len(prompts[i])]
+        chunks = [prompts[i][done[i]:done[i] + cut] for i in rows]
+        got = together.prefill_many([slots[i] for i in rows], chunks, [done[i] for i in rows])  # (B, V)
+        want = torch.stack([alone.prefill(slots[i], c, done[i]) for i, c in zip(rows, chunks)])
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        assert (got.argmax(-1) == want.argmax(-1)).all()
+        done = [d + len(c) for d, c in zip(done, [prompts[i][done[i]:done[i] + cut] for i in range(3)])]
+    for layer in range(len(together.pool.keys)):
+        for i, s in enumerate(slots):  # every real column the same (the scratch slot took the padding)
+            torch.testing.assert_close(together.pool.keys[layer][s, :, :done[i]], alone.pool.keys[layer][s, :, :done[i]])
+
+    reqs = requests(mt, 9, seed=5)
+    reference = [mt.run([r])[0].token_ids for r in reqs]
+    for chunk in (7, 13):
+        engine = scheduler(mt, 6, chunk=chunk)
+        sizes, prefill_many = [], engine.runner.prefill_many
+        engine.runner.prefill_many = lambda s, c, p: sizes.append(len(s)) or prefill_many(s, c, p)
+        engine.start()
+        try:
+            got = [r.token_ids for r in run_all(engine, reqs)]
+        finally:
+            engine.stop()
+        assert got == reference, chunk
+        assert max(sizes) > 1  # several requests really shared a forward
+
+
 def test_seeded_sampling_is_the_same_alone_or_in_a_crowd(mt):
     reqs = requests(mt, 6, new=10, seed=3)
     for i, r in enumerate(reqs):

@@ -51,14 +51,15 @@ class KVPool:
 
 
 class SlotCache(Cache):
-    """One forward's view of the pool: rows ``rows`` (a slice of slots), new K/V written at ``(slot, column)``.
+    """One forward's view of the pool: rows ``rows`` (a slice of slots, or (B,) slot indices), new K/V written
+    at ``(slot, column)``.
 
-    ``slots`` is (B, 1) long (the slot each row writes to: its own, or the scratch slot) and ``cols`` (B, T)
-    the columns of its T new tokens; ``update`` returns the pool's ``rows`` up to ``width`` columns, views of
-    shape (B, n_kv_heads, width, head_dim).
+    ``slots`` is (B, 1) or (B, T) long (the slot each row, or each token, writes to: its own, or the scratch
+    slot) and ``cols`` (B, T) the columns of its T new tokens; ``update`` returns the pool's ``rows`` up to
+    ``width`` columns, shape (B, n_kv_heads, width, head_dim) (views for a slice, copies for indices).
     """
 
-    def __init__(self, pool: KVPool, rows: slice, slots: torch.Tensor, cols: torch.Tensor, width: int):
+    def __init__(self, pool: KVPool, rows: slice | torch.Tensor, slots: torch.Tensor, cols: torch.Tensor, width: int):
         super().__init__(layers=[DynamicLayer() for _ in pool.keys])
         self.pool, self.rows, self.slots, self.cols, self.width = pool, rows, slots, cols, width
 
@@ -101,7 +102,7 @@ def slot_masks(positions: torch.Tensor, live: torch.Tensor, width: int, kinds: d
 
 
 class SlotRunner:
-    """Forward passes over the slot pool: load a prefix, prefill a chunk of one slot, decode a step of many."""
+    """Forward passes over the slot pool: load a prefix, prefill chunks of several slots, decode a step of many."""
 
     def __init__(self, model: PreTrainedModel, max_num_seqs: int, max_model_len: int):
         self.model, self.decoder = model, model.get_decoder()
@@ -128,11 +129,26 @@ class SlotRunner:
     @torch.no_grad()
     def prefill(self, slot: int, ids: list[int], start: int) -> torch.Tensor:
         """Run ``ids`` of ``slot`` at positions ``start..``; returns the last one's logits (V,)."""
-        positions = torch.arange(start, start + len(ids), device=self.device)[None]  # (1, T)
-        tokens = torch.tensor([ids], dtype=torch.long, device=self.device)
-        live = torch.ones(1, dtype=torch.bool, device=self.device)
-        slots = torch.tensor([[slot]], device=self.device)
-        return self._forward(slice(slot, slot + 1), slots, tokens, positions, live)[0]
+        return self.prefill_many([slot], [ids], [start])[0]
+
+    @torch.no_grad()
+    def prefill_many(self, slots: list[int], chunks: list[list[int]], starts: list[int]) -> torch.Tensor:
+        """One forward for several slots' prompt chunks: row b runs ``chunks[b]`` in ``slots[b]`` (distinct) at
+        positions ``starts[b]..``. Rows are right-padded to the longest chunk (T); a padding token repeats its
+        row's last token and position and writes to the scratch slot, so no real column changes and no real
+        query sees it. Returns each row's last real token's logits (B, V)."""
+        lengths = torch.tensor([len(c) for c in chunks], device=self.device)  # (B,)
+        width = int(lengths.max())
+        steps = torch.arange(width, device=self.device)[None]  # (1, T)
+        positions = torch.tensor(starts, device=self.device)[:, None] + torch.minimum(steps, lengths[:, None] - 1)
+        tokens = torch.tensor([c + c[-1:] * (width - len(c)) for c in chunks], dtype=torch.long,
+                              device=self.device)  # (B, T)
+        own = torch.tensor(slots, device=self.device)  # (B,)
+        writes = torch.where(steps < lengths[:, None], own[:, None], self.max_num_seqs)  # (B, T)
+        live = torch.ones(len(slots), dtype=torch.bool, device=self.device)
+        contiguous = slots == list(range(slots[0], slots[0] + len(slots)))
+        rows = slice(slots[0], slots[0] + len(slots)) if contiguous else own
+        return self._forward(rows, writes, tokens, positions, live, lengths - 1)
 
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
@@ -142,16 +158,17 @@ class SlotRunner:
         slots = torch.where(live, torch.arange(n, device=self.device), self.max_num_seqs)[:, None]  # (n, 1)
         return self.decode_fn(slice(0, n), slots, tokens[:, None], positions[:, None], live)
 
-    def _forward(self, rows: slice, slots: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor,
-                 live: torch.Tensor) -> torch.Tensor:
-        """``tokens`` and ``positions`` (B, T); each row's K/V go to column = position. Logits (B, V) of the
-        last token of each row."""
+    def _forward(self, rows: slice | torch.Tensor, slots: torch.Tensor, tokens: torch.Tensor,
+                 positions: torch.Tensor, live: torch.Tensor, last: torch.Tensor | None = None) -> torch.Tensor:
+        """``tokens`` and ``positions`` (B, T); each token's K/V go to its ``slots`` row (B, 1 or T) at column =
+        position. Logits (B, V) of each row's token ``last`` (B,) (default: its last, T - 1)."""
         width = int(positions[live].max()) + 1 if bool(live.any()) else 1
         cache = SlotCache(self.pool, rows, slots, positions.clamp(max=self.max_model_len - 1), width)
         mask = slot_masks(positions, live, width, self.kinds, self.dtype)
         hidden = self.decoder(input_ids=tokens, attention_mask=mask, position_ids=positions, past_key_values=cache,
                               use_cache=True).last_hidden_state  # (B, T, d)
-        return lm_logits(self.model, hidden[:, -1])
+        picked = hidden[:, -1] if last is None else hidden[torch.arange(hidden.shape[0], device=self.device), last]
+        return lm_logits(self.model, picked)  # (B, V)
 
     @torch.no_grad()
     def probe(self) -> str | None:

@@ -4,8 +4,8 @@ Each iteration of the loop (:meth:`Scheduler._loop`):
 
 1. **admit**: while a slot is free, a waiting request takes it; its task's prefix K/V (soft prompt and the
    chat template's opening, :class:`~softprompt.serve.prefixes.TaskPrefixes`) is copied into the slot;
-2. **prefill**: at most ``prefill_chunk`` prompt tokens run, one request's chunk at a time, so a long prompt
-   never holds up the others for more than a chunk;
+2. **prefill**: at most ``prefill_chunk`` prompt tokens run, the chunks of several requests in one forward
+   (a row each, right-padded), so a long prompt never holds up the others for more than a chunk;
 3. **sample**: every row whose prompt is in picks its next token (one vectorised call); rows that end
    (EOS, a stop string, ``max_new_tokens``, a client gone) answer and free their slot;
 4. **decode**: one forward for all running rows, each at its own position in its own slot.
@@ -166,25 +166,39 @@ class Scheduler:
         self._rows[slot] = _Row(job, slot, list(r.prompt_ids[covered:]), length, stream, generator)
 
     def _prefill(self) -> None:
-        """Run up to ``prefill_chunk`` prompt tokens, oldest request first."""
-        budget = self.prefill_chunk
+        """Run up to ``prefill_chunk`` prompt tokens, oldest request first, in one forward (a row per request)."""
+        budget, batch = self.prefill_chunk, []
         for row in [r for r in self._rows.values() if r.todo]:
             if budget <= 0:
-                return
+                break
             if row.job.cancelled:
                 self._finish(row)
                 continue
             chunk, row.todo = row.todo[:budget], row.todo[budget:]
-            try:
-                logits = self.runner.prefill(row.slot, chunk, row.length)
-            except Exception as exc:  # noqa: BLE001 - this request alone fails
-                log.error("prefill for task %r failed: %s: %s", row.job.request.task, type(exc).__name__, exc)
-                self._finish(row, exc)
-                continue
-            row.length += len(chunk)
+            batch.append((row, chunk))
             budget -= len(chunk)
+        if batch:
+            self._run_prefill(batch)
+
+    def _run_prefill(self, batch: list[tuple[_Row, list[int]]]) -> None:
+        """One forward for the rows' chunks; if it raises, each row alone again, so a failure fails only its own
+        request."""
+        try:
+            logits = self.runner.prefill_many([row.slot for row, _ in batch], [chunk for _, chunk in batch],
+                                              [row.length for row, _ in batch])  # (B, V)
+        except Exception as exc:  # noqa: BLE001 - this request alone fails
+            if len(batch) > 1:
+                for item in batch:
+                    self._run_prefill([item])
+                return
+            row = batch[0][0]
+            log.error("prefill for task %r failed: %s: %s", row.job.request.task, type(exc).__name__, exc)
+            self._finish(row, exc)
+            return
+        for (row, chunk), row_logits in zip(batch, logits):
+            row.length += len(chunk)
             if not row.todo:
-                row.logits = logits
+                row.logits = row_logits
 
     def _sample(self, ready: list[_Row]) -> None:
         """Next token of every ready row at once; rows that end answer and leave."""
