@@ -58,12 +58,12 @@ def lora(ds: str, lr: float = 1e-3, sched: str = "constant", batch: int = 16, ra
 
 def pt(ds: str, lr: float, sched: str = "constant", length: int = 20, init: str = "text",
        batch: int = 8) -> tuple[str, dict]:
-    """A prompt-tuning recipe made of existing options only."""
+    """A prompt-tuning recipe (``init`` label: the data's label words, then the instruction text)."""
     name = f"pt-{ds}-lr{lr:g}-{sched}-L{length}-{init}-b{batch}"
     flags = ["--finetuning_type", "prompt_tuning", "--num_virtual_tokens", str(length),
              "--prompt_tuning_init", init, "--learning_rate", f"{lr:g}", "--lr_scheduler_type", sched,
              "--per_device_train_batch_size", str(batch)]
-    if init == "text":
+    if init in ("text", "label"):
         flags += ["--prompt_tuning_init_text", INSTRUCTION[ds]]
     return name, {"dataset": ds, "flags": flags}
 
@@ -84,6 +84,8 @@ def recipes() -> dict[str, dict]:
         # one factor at a time around lr 3e-2 cosine (the SST-2 selection split's choice among the first two)
         out += [pt(ds, 3e-2, "cosine", length=50), pt(ds, 3e-2, "cosine", init="sample_vocab"),
                 pt(ds, 3e-2, "cosine", batch=16)]
+        # label-word init (Lester et al.), added with prompt_tuning_init label
+        out += [pt(ds, 3e-2, "cosine", init="label"), pt(ds, 1e-1, init="label")]
     return dict(out)  # later duplicates keep their first position
 
 
