@@ -154,6 +154,9 @@ def cmd_serve(argv: list[str]) -> int:
         argv, [ModelArgs, ServeArgs], "softprompt serve",
         "Serve a base model and every adapter under --prompts_dir through an OpenAI-compatible API.",
     )
+    if serve_args.batch_window_ms != ServeArgs.batch_window_ms:  # given, and it changes nothing now
+        log.warning("--batch_window_ms is ignored: requests join the running batch at the next step "
+                    "(continuous batching); --max_num_seqs sets how many run at once")
     if model_args.adapter_name_or_path:  # one way to add a task, the one the server reloads and lists
         raise ArgumentError("serve does not take --adapter_name_or_path: put the adapter folder under --prompts_dir "
                             "(each subfolder is a task named after it, which requests give as their model)")

@@ -195,7 +195,8 @@ class ServeArgs:
     max_batch_size: int = 8
     """The former name of --max_num_seqs (used when that is not given)."""
     batch_window_ms: float = 10.0
-    """Unused since continuous batching (requests join at the next step); kept for old command lines."""
+    """Ignored, with a warning, since continuous batching (requests join at the next step); kept so old command
+    lines still parse."""
     compile: bool = False
     """torch.compile the decoder's steps (needs a CUDA GPU)."""
     max_queue: int = 64

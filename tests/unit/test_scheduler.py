@@ -224,3 +224,16 @@ def test_serve_flags_are_checked_in_one_line(kwargs, message):
     with pytest.raises(ArgumentError, match=message):
         ServeArgs(**kwargs)
     assert ServeArgs(max_batch_size=3).max_num_seqs == 3 and ServeArgs(max_num_seqs=5).max_num_seqs == 5
+
+
+def test_the_old_batch_window_flag_warns_that_it_is_ignored(caplog):
+    """--batch_window_ms still parses (old command lines) but says in one line that it changes nothing."""
+    from softprompt.cli import main
+
+    with caplog.at_level("WARNING", logger="softprompt"):  # the adapter refusal ends it before any model load
+        assert main(["serve", "--batch_window_ms", "5", "--adapter_name_or_path", "x"]) == 2
+    assert "--batch_window_ms is ignored" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="softprompt"):
+        assert main(["serve", "--adapter_name_or_path", "x"]) == 2
+    assert "batch_window_ms" not in caplog.text
