@@ -11,7 +11,7 @@ pytest.importorskip("gradio", reason="needs the webui extra (gradio)")
 
 from softprompt.cli import main  # noqa: E402
 from softprompt.webui import eval_tab, serve_tab, tools_tab  # noqa: E402
-from softprompt.webui.jobs import JOBS, LOG_NAME, start_job, trainer_log  # noqa: E402
+from softprompt.webui.jobs import JOBS, LOG_NAME, abort_job, start_job, trainer_log  # noqa: E402
 from tests.e2e.test_eval_cli import write_sentiment  # noqa: E402
 from tests.helpers import free_port, train_flags, write_alpaca_dataset  # noqa: E402
 
@@ -115,3 +115,13 @@ def test_serve_tab_lists_the_tasks(tiny_dir, adapter, tmp_path):
 def test_webui_command_refuses_a_bad_port(capsys):
     assert main(["webui", "--port", "70000"]) == 2
     assert capsys.readouterr().err.strip() == "softprompt webui: error: --port must be in 1..65535, got 70000"
+
+
+def test_abort_stops_a_running_job_and_says_when_none_runs(tiny_dir):
+    """Abort (the Train and Serve tabs' button): a running `softprompt serve` process ends; with none running it
+    reports that instead of failing."""
+    job = start_job("abort-test", "serve", ["--model_name_or_path", str(tiny_dir), "--port", str(free_port())], None)
+    assert job.running
+    assert abort_job("abort-test") is True
+    assert not job.running and job.returncode is not None
+    assert abort_job("abort-test") is False and abort_job("never-started") is False

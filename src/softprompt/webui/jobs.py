@@ -135,6 +135,15 @@ JOBS: dict[str, Job] = {}
 _LOCK = threading.Lock()
 
 
+def abort_job(kind: str) -> bool:
+    """Abort the running job of ``kind``; False when none runs."""
+    job = JOBS.get(kind)
+    if job is None or not job.running:
+        return False
+    job.abort()
+    return True
+
+
 def start_job(kind: str, command: str, argv: list[str], output_dir: str | None, form: Any = None) -> Job:
     """Start ``softprompt <command> argv`` as the job of ``kind``; a RuntimeError if one is still running."""
     with _LOCK:

@@ -14,7 +14,7 @@ from softprompt.command_args import ExportArgs, ServeArgs
 from softprompt.config import DEFAULT_MODEL, ArgumentError, ModelArgs
 from softprompt.webui.errors import error_text
 from softprompt.webui.forms import check_command, command_line
-from softprompt.webui.jobs import JOBS, one_line_error, run_command, start_job
+from softprompt.webui.jobs import JOBS, abort_job, one_line_error, run_command, start_job
 from softprompt.webui.strings import tr
 from softprompt.webui.widgets import Texts, message_html
 
@@ -90,10 +90,8 @@ def _status(lang: str, port: float) -> list[Any]:
 
 
 def _stop(lang: str) -> str:
-    job = JOBS.get("serve")
-    if job is None or not job.running:
+    if not abort_job("serve"):
         return message_html(tr(lang, "serve.not_running"), "note")
-    job.abort()
     return message_html(tr(lang, "msg.aborted"), "note")
 
 

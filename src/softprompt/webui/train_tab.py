@@ -13,7 +13,7 @@ from softprompt.webui.forms import (
     TRAIN_SECTIONS, FormField, changed_values, check_train, command_line, form_fields, load_yaml, method_only_fields,
     save_yaml, shown_for, to_argv,
 )
-from softprompt.webui.jobs import JOBS, LOG_NAME, start_job, trainer_log
+from softprompt.webui.jobs import JOBS, abort_job, LOG_NAME, start_job, trainer_log
 from softprompt.webui.preview import dataset_choices, dataset_preview
 from softprompt.webui.errors import error_text
 from softprompt.webui.strings import tr
@@ -148,10 +148,8 @@ def _start(form: TrainForm, lang: str, raw: tuple[Any, ...]) -> tuple[Any, str]:
 
 
 def _abort(lang: str) -> str:
-    job = JOBS.get("train")
-    if job is None or not job.running:
+    if not abort_job("train"):
         return message_html(tr(lang, "msg.no_run"), "note")
-    job.abort()
     return message_html(tr(lang, "msg.aborted"), "note")
 
 
