@@ -185,7 +185,7 @@ def measure(args, lm, folder: Path, names: list[str]) -> dict:
                         SamplingParams(args.max_new_tokens)) for i in range(args.requests)]
     need = max(len(r.prompt_ids) for r in requests) + max(args.lengths) + args.max_new_tokens
     runner = SlotRunner(lm.model, args.max_num_seqs, need)
-    engine = Scheduler(mt, runner, max_queue=args.requests * 2)
+    engine = Scheduler(mt, runner, max_queue=args.requests * 2, prefill_chunk=args.max_num_batched_tokens)
     engine.start()
     peft_model = PeftModel.from_pretrained(lm.model, str(folder / names[0]), adapter_name=names[0]).eval()
     for t in names[1:]:
@@ -263,7 +263,8 @@ def write_outputs(args, result: dict, device: str, model_name: str) -> None:
         f"{device}, {model_name}, {len(args.lengths)} tasks ({'/'.join(map(str, sorted(set(args.lengths))))} virtual "
         f"tokens), {args.requests} chat requests ({result['questions']}, {result['prompt_tokens']['min']}-"
         f"{result['prompt_tokens']['max']} prompt tokens), {args.max_new_tokens} new tokens, greedy, "
-        f"--max_num_seqs {args.max_num_seqs}, {args.rounds} rounds interleaved (medians).",
+        f"--max_num_seqs {args.max_num_seqs}, --max_num_batched_tokens {args.max_num_batched_tokens}, "
+        f"{args.rounds} rounds interleaved (medians).",
         "",
         "| measure | softprompt | reference | ratio | target |",
         "|---|---:|---:|---:|---|",
@@ -294,6 +295,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--max_new_tokens", type=int, default=32)
     parser.add_argument("--max_num_seqs", type=int, default=64)
+    parser.add_argument("--max_num_batched_tokens", type=int, default=512, help="prompt tokens per prefill step")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rate", type=float, default=None, help="Poisson arrivals per second (default: 70%% of "
                         "the burst's requests/s in round 1)")

@@ -171,7 +171,8 @@ def cmd_serve(argv: list[str]) -> int:
                                             model_args.quantization_bit)
         app = create_app(predictor, serve_args.api_key, serve_args.max_num_seqs, serve_args.max_model_len,
                          serve_args.max_queue, max_messages=serve_args.max_messages, compile=serve_args.compile,
-                         prefix_cache_mb=serve_args.max_prefix_cache_mb)
+                         prefix_cache_mb=serve_args.max_prefix_cache_mb,
+                         max_num_batched_tokens=serve_args.max_num_batched_tokens)
         log.info("serving %s with tasks %s on http://%s:%d/v1", predictor.lm.name,
                  ", ".join(predictor.registry.names()), serve_args.host, serve_args.port)
         config = uvicorn.Config(app, host=serve_args.host, port=serve_args.port, log_level="warning",

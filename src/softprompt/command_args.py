@@ -192,6 +192,9 @@ class ServeArgs:
     max_model_len: int | None = None
     """Tokens of one slot of the KV cache: soft prompt + prompt + max_tokens of a request must fit (default: the
     model's context, at most 1024; never over the context). KV memory = max_num_seqs x max_model_len x the model's K/V bytes per token."""
+    max_num_batched_tokens: int = 512
+    """Prompt tokens prefilled per step, the chunks of several requests in one forward (vLLM's name): larger
+    runs a burst's prompts in fewer, denser forwards; smaller lets running requests decode sooner."""
     max_batch_size: int = 8
     """The former name of --max_num_seqs (used when that is not given)."""
     batch_window_ms: float = 10.0
@@ -215,6 +218,8 @@ class ServeArgs:
             raise ArgumentError(f"--port must be in 1..65535, got {self.port}")
         if self.max_num_seqs is None:
             self.max_num_seqs = self.max_batch_size
+        if not 1 <= self.max_num_batched_tokens <= 65536:
+            raise ArgumentError(f"--max_num_batched_tokens must be in 1..65536, got {self.max_num_batched_tokens}")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ArgumentError(f"--max_model_len must be at least 2 tokens, got {self.max_model_len}")
         if self.compile and not _cuda():

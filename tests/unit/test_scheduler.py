@@ -14,13 +14,13 @@ import torch
 from softprompt.checkpoint import write_adapter_files
 from softprompt.engine.generate import SamplingParams
 from softprompt.engine.sampling import filtered_probs
-from softprompt.engine.slots import SlotRunner
+from softprompt.engine.slots import SlotRunner, grouped_attention, grouped_sdpa
 from softprompt.methods.prompt_tuning import peft_prompt_config
 from softprompt.model import load_model
 from softprompt.multitask import MultiTaskPredictor, Request, TextStream
 from softprompt.prompts import UnknownTaskError
 from softprompt.serve.batcher import QueueFullError
-from softprompt.serve.scheduler import Scheduler
+from softprompt.serve.scheduler import Scheduler, plan_prefill
 
 
 @pytest.fixture(scope="module")
@@ -104,17 +104,89 @@ def test_several_requests_prefilled_in_one_forward_equal_one_at_a_time(mt):
 
     reqs = requests(mt, 9, seed=5)
     reference = [mt.run([r])[0].token_ids for r in reqs]
-    for chunk in (7, 13):
+    sizes = {}
+    for chunk in (7, 13, 48):  # small budgets cut prompts into pieces; a larger one lets several share a step
         engine = scheduler(mt, 6, chunk=chunk)
-        sizes, prefill_many = [], engine.runner.prefill_many
-        engine.runner.prefill_many = lambda s, c, p: sizes.append(len(s)) or prefill_many(s, c, p)
+        prefill_many = engine.runner.prefill_many
+        engine.runner.prefill_many = lambda s, c, p, k=chunk, f=prefill_many: sizes.setdefault(k, []).append(
+            len(s)) or f(s, c, p)
         engine.start()
         try:
             got = [r.token_ids for r in run_all(engine, reqs)]
         finally:
             engine.stop()
         assert got == reference, chunk
-        assert max(sizes) > 1  # several requests really shared a forward
+    assert max(sizes[48]) > 1  # several requests really shared a forward
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_prefill_step_fits_the_budget_with_little_padding(seed):
+    rng = random.Random(seed)
+    todo = [rng.choice([rng.randint(1, 12), rng.randint(20, 70), rng.randint(200, 900)]) for _ in range(30)]
+    budget = rng.choice([64, 256, 512])
+    chosen, width = plan_prefill(todo, budget)
+    chunks = [min(todo[i], width) for i in chosen]
+    assert chosen[0] == 0 and chosen == sorted(set(chosen))  # the oldest always runs; each row once
+    assert width == max(min(todo[i], budget) for i in chosen) and max(chunks) == width
+    assert len(chosen) * width <= budget  # a single row is cut to the budget
+    assert len(chosen) * width - sum(chunks) <= 0.25 * len(chosen) * width  # padding at most a quarter
+    assert len(chosen) > 1 or sum(1 for t in todo if 0.75 * width <= min(t, budget) <= width) == 1 or \
+        2 * width > budget  # when nothing else joined, nothing else could have
+
+
+def test_grouped_attention_equals_transformers_sdpa(mt, monkeypatch):
+    """Query heads stacked on their K/V head give SDPA's own numbers, for one and several query tokens, and the
+    runner's forwards really take that path only while they run."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    class Attn(torch.nn.Module):
+        num_key_value_groups = 3
+
+    torch.manual_seed(0)
+    for length in (1, 5):
+        q, k, v = torch.randn(4, 6, length, 8), torch.randn(4, 2, 11, 8), torch.randn(4, 2, 11, 8)
+        mask = torch.zeros(4, 1, length, 11).masked_fill(torch.rand(4, 1, length, 11) < 0.3, -1e30)
+        mask[..., 0] = 0
+        want, _ = sdpa_attention_forward(Attn(), q, k, v, mask, scaling=0.3)
+        got, _ = grouped_sdpa(Attn(), q, k, v, mask, scaling=0.3)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from softprompt.engine.slots import GROUPED_SDPA
+
+    calls = []
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._global_mapping, GROUPED_SDPA,
+                        lambda m, q, *a, **kw: calls.append(q.shape[2]) or grouped_sdpa(m, q, *a, **kw))
+    config = mt.lm.model.config
+    assert config._attn_implementation == "sdpa"
+    with grouped_attention(mt.lm.model):
+        assert config._attn_implementation == GROUPED_SDPA
+    assert config._attn_implementation == "sdpa"
+    runner = SlotRunner(mt.lm.model, 2, 32)
+    runner.prefill(0, [5, 6, 7, 8], 0)
+    assert calls and set(calls) == {4} and config._attn_implementation == "sdpa"
+
+
+def test_finished_rows_move_down_so_a_decode_step_runs_no_dead_rows(mt):
+    """Rows that end at different steps free slots in the middle; the rows above move down, the decode step
+    covers only running rows, and every request's tokens are still the plain engine's."""
+    reqs = requests(mt, 12, seed=7)
+    for i, r in enumerate(reqs):
+        r.params = SamplingParams(max_new_tokens=2 + (7 * i) % 11)
+    reference = [mt.run([r])[0].token_ids for r in reqs]
+    engine = scheduler(mt, 6)
+    seen, decode = [], engine.runner.decode
+    engine.runner.decode = lambda t, p, live: seen.append((len(t), engine.running(), sorted(engine._rows))) or \
+        decode(t, p, live)
+    engine.start()
+    try:
+        got = [r.token_ids for r in run_all(engine, reqs)]
+    finally:
+        engine.stop()
+    assert got == reference
+    assert all(slots == list(range(running)) and n <= running for n, running, slots in seen)
+    assert len({running for _, running, _ in seen}) > 3  # rows really left at different steps
 
 
 def test_seeded_sampling_is_the_same_alone_or_in_a_crowd(mt):
@@ -214,6 +286,7 @@ def test_text_stream_equals_full_decode_and_never_streams_a_stop_string(mt, seed
 
 @pytest.mark.parametrize("kwargs,message", [({"max_num_seqs": 0}, "--max_num_seqs must be at least 1"),
                                             ({"max_model_len": 1}, "--max_model_len must be at least 2"),
+                                            ({"max_num_batched_tokens": 0}, "--max_num_batched_tokens must be in"),
                                             ({"compile": True}, "--compile needs a CUDA GPU")])
 def test_serve_flags_are_checked_in_one_line(kwargs, message):
     from softprompt.command_args import ServeArgs

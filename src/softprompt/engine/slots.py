@@ -11,18 +11,68 @@ alone or in any crowd.
 
 This path needs a model whose attention takes a prepared 4-D mask (Llama, Qwen, Mistral, Gemma, Phi-3...);
 :meth:`SlotRunner.probe` checks a model against a plain forward before it is used.
+
+With grouped K/V heads (GQA), transformers' SDPA path copies every K/V head once per query head when a step
+has several query tokens and a mask (``repeat_kv``): for a prefill step of many slots that copy costs more
+than the matmuls. During the runner's own forwards an SDPA model uses :func:`grouped_sdpa` instead, which
+stacks a group's query heads on their shared K/V head: the same attention, no copy.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from transformers import Cache, PreTrainedModel
+from transformers import AttentionInterface, Cache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from softprompt.kv import PrefixKV, plain_cache
 from softprompt.model import lm_logits
+
+
+GROUPED_SDPA = "softprompt_grouped_sdpa"
+
+
+def grouped_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                 attention_mask: torch.Tensor | None, **kwargs) -> tuple[torch.Tensor, None]:
+    """transformers' SDPA attention, except for several query tokens over grouped K/V heads with a 4-D mask
+    shared by the heads: query (B, H, T, d) is viewed as (B, kv, H/kv * T, d) (a group's heads stacked on
+    their K/V head) and the mask repeated per group, instead of K/V (B, kv, S, d) copied to (B, H, S, d)."""
+    groups = getattr(module, "num_key_value_groups", 1)
+    batch, heads, length, dim = query.shape
+    plain = (groups == 1 or length == 1 or attention_mask is None or attention_mask.dim() != 4
+             or attention_mask.shape[1] != 1 or kwargs.get("dropout") or kwargs.get("softcap") is not None
+             or kwargs.get("s_aux") is not None or kwargs.get("position_bias") is not None)
+    if plain:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    kv_heads, width = key.shape[1], attention_mask.shape[-1]
+    stacked = query.reshape(batch, kv_heads, groups * length, dim)
+    mask = attention_mask.expand(batch, groups, length, width).reshape(batch, 1, groups * length, width)
+    out = torch.nn.functional.scaled_dot_product_attention(stacked, key, value, attn_mask=mask,
+                                                           scale=kwargs.get("scaling"))
+    return out.view(batch, heads, length, dim).transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(GROUPED_SDPA, grouped_sdpa)
+AttentionMaskInterface.register(GROUPED_SDPA, sdpa_mask)
+
+
+@contextmanager
+def grouped_attention(model: PreTrainedModel) -> Iterator[None]:
+    """Within the block, an SDPA ``model`` attends through :func:`grouped_sdpa` (same results); others as is."""
+    configs = {id(c): c for c in (model.config, model.config.get_text_config())
+               if getattr(c, "_attn_implementation", None) == "sdpa"}
+    for config in configs.values():
+        config._attn_implementation = GROUPED_SDPA
+    try:
+        yield
+    finally:
+        for config in configs.values():
+            config._attn_implementation = "sdpa"
 
 
 @dataclass
@@ -126,6 +176,12 @@ class SlotRunner:
             self.pool.values[layer][slot, :, :v.shape[2]] = v[0]
         return prefix.length
 
+    def move(self, src: int, dst: int, length: int) -> None:
+        """Copy columns ``0..length-1`` of slot ``src`` to slot ``dst`` (a row moving down to fill a hole)."""
+        for keys, values in zip(self.pool.keys, self.pool.values):
+            keys[dst, :, :length] = keys[src, :, :length]
+            values[dst, :, :length] = values[src, :, :length]
+
     @torch.no_grad()
     def prefill(self, slot: int, ids: list[int], start: int) -> torch.Tensor:
         """Run ``ids`` of ``slot`` at positions ``start..``; returns the last one's logits (V,)."""
@@ -165,8 +221,9 @@ class SlotRunner:
         width = int(positions[live].max()) + 1 if bool(live.any()) else 1
         cache = SlotCache(self.pool, rows, slots, positions.clamp(max=self.max_model_len - 1), width)
         mask = slot_masks(positions, live, width, self.kinds, self.dtype)
-        hidden = self.decoder(input_ids=tokens, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                              use_cache=True).last_hidden_state  # (B, T, d)
+        with grouped_attention(self.model):
+            hidden = self.decoder(input_ids=tokens, attention_mask=mask, position_ids=positions,
+                                  past_key_values=cache, use_cache=True).last_hidden_state  # (B, T, d)
         picked = hidden[:, -1] if last is None else hidden[torch.arange(hidden.shape[0], device=self.device), last]
         return lm_logits(self.model, picked)  # (B, V)
 

@@ -105,14 +105,14 @@ def _note_error(request: Request, exc: ServeError) -> None:
 def create_app(predictor: MultiTaskPredictor, api_key: str | None = None, max_num_seqs: int = 8,
                max_model_len: int | None = None, max_queue: int = 64, max_body_bytes: int = 1 << 20,
                max_messages: int | None = None, metrics: ServeMetrics | None = None, compile: bool = False,
-               prefix_cache_mb: float = 64) -> FastAPI:
+               prefix_cache_mb: float = 64, max_num_batched_tokens: int = 512) -> FastAPI:
     """The app over a :class:`~softprompt.serve.scheduler.Scheduler` (``max_num_seqs`` slots of ``max_model_len``
     tokens; ``metrics.step`` called once per decode step). ``max_messages`` bounds the messages of a chat request
     (None: one per token of the model's context, :func:`~softprompt.serve.protocol.max_messages_for`; never over
     ``protocol.MAX_MESSAGES``)."""
     metrics = metrics or ServeMetrics()
     batcher = make_engine(predictor, max_num_seqs, max_model_len, max_queue, metrics, compile,
-                          int(prefix_cache_mb * 2**20))
+                          int(prefix_cache_mb * 2**20), max_num_batched_tokens)
     max_messages = min(max_messages or P.max_messages_for(predictor.max_context), P.MAX_MESSAGES)
 
     @asynccontextmanager

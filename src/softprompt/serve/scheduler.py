@@ -5,10 +5,13 @@ Each iteration of the loop (:meth:`Scheduler._loop`):
 1. **admit**: while a slot is free, a waiting request takes it; its task's prefix K/V (soft prompt and the
    chat template's opening, :class:`~softprompt.serve.prefixes.TaskPrefixes`) is copied into the slot;
 2. **prefill**: at most ``prefill_chunk`` prompt tokens run, the chunks of several requests in one forward
-   (a row each, right-padded), so a long prompt never holds up the others for more than a chunk;
+   (a row each, right-padded), so a long prompt never holds up the others for more than a chunk; the
+   rows of similar length go together, so that padding stays under a quarter of the forward
+   (:func:`plan_prefill`);
 3. **sample**: every row whose prompt is in picks its next token (one vectorised call); rows that end
-   (EOS, a stop string, ``max_new_tokens``, a client gone) answer and free their slot;
-4. **decode**: one forward for all running rows, each at its own position in its own slot.
+   (EOS, a stop string, ``max_new_tokens``, a client gone) answer and free their slot, and the highest
+   rows move down into the freed slots (:meth:`Scheduler._compact`), so a step never runs dead rows;
+4. **decode**: one forward for all running rows (slots ``0..n-1``), each at its own position in its own slot.
 
 Memory is the preallocated pool of :class:`~softprompt.engine.slots.SlotRunner` (``max_num_seqs`` slots of
 ``max_model_len`` columns): a request that does not fit waits in the bounded queue; a full queue refuses
@@ -36,6 +39,25 @@ from softprompt.serve.prefixes import TaskPrefixes
 log = logging.getLogger("softprompt")
 DEFAULT_MAX_MODEL_LEN = 1024
 """Tokens per slot when --max_model_len is not given (and the model's context is longer)."""
+PADDING_WASTE = 0.25
+"""At most this share of a prefill forward's tokens is padding (see :func:`plan_prefill`)."""
+
+
+def plan_prefill(todo: list[int], budget: int, waste: float = PADDING_WASTE) -> tuple[list[int], int]:
+    """Which waiting rows prefill in this step, and the width W of the step: ``todo`` holds each row's prompt
+    tokens still to run, oldest row first. The oldest row always runs; each later row joins when the step
+    still fits the budget (rows x W <= ``budget``, W = the longest chunk, a chunk = at most ``budget``
+    tokens) and at most ``waste`` of it is padding; a row that would break either waits for a later step.
+    Rows are never cut below their length (a cut leaves a short remainder, a row of its own later).
+    Returns (the joining rows' indexes into ``todo``, W)."""
+    chosen, width, real = [0], min(todo[0], budget), min(todo[0], budget)
+    for i, left in enumerate(todo[1:], 1):
+        w = max(width, min(left, budget))
+        r = real + min(left, w)
+        if (len(chosen) + 1) * w <= budget and (len(chosen) + 1) * w - r <= waste * (len(chosen) + 1) * w:
+            chosen.append(i)
+            width, real = w, r
+    return chosen, width
 
 
 class Metrics(Protocol):
@@ -50,6 +72,8 @@ class _Row:
 
     job: Job
     slot: int
+    seq: int
+    """Arrival order (the oldest prefills first)."""
     todo: list[int]
     """Prompt ids still to prefill."""
     length: int
@@ -67,7 +91,7 @@ class Scheduler:
     """The engine behind ``softprompt serve``: submit requests, await their results."""
 
     def __init__(self, predictor: MultiTaskPredictor, runner: SlotRunner, max_queue: int = 64,
-                 prefill_chunk: int = 256, metrics: Metrics | None = None, prefix_cache_bytes: int = 64 * 2**20):
+                 prefill_chunk: int = 512, metrics: Metrics | None = None, prefix_cache_bytes: int = 64 * 2**20):
         self.predictor, self.runner, self.metrics = predictor, runner, metrics
         self.prefill_chunk = prefill_chunk
         self.max_model_len = runner.max_model_len
@@ -78,6 +102,7 @@ class Scheduler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="softprompt-scheduler", daemon=True)
         self.steps = 0
+        self._arrivals = 0
 
     # --- the API the HTTP layer uses -------------------------------------------------------------------------
 
@@ -136,6 +161,7 @@ class Scheduler:
             ready = [row for row in self._rows.values() if row.logits is not None]
             if ready:
                 self._sample(ready)
+            self._compact()
             self._decode()
 
     def _admit(self, block: bool) -> None:
@@ -163,22 +189,34 @@ class Scheduler:
         seed = r.params.seed
         generator = torch.Generator(self.runner.device).manual_seed(seed) if seed is not None else None
         stream = TextStream(self.predictor.lm.tokenizer, r.stop, job.emit if job.on_text is not None else None)
-        self._rows[slot] = _Row(job, slot, list(r.prompt_ids[covered:]), length, stream, generator)
+        self._arrivals += 1
+        self._rows[slot] = _Row(job, slot, self._arrivals, list(r.prompt_ids[covered:]), length, stream, generator)
 
     def _prefill(self) -> None:
-        """Run up to ``prefill_chunk`` prompt tokens, oldest request first, in one forward (a row per request)."""
-        budget, batch = self.prefill_chunk, []
-        for row in [r for r in self._rows.values() if r.todo]:
-            if budget <= 0:
-                break
-            if row.job.cancelled:
-                self._finish(row)
-                continue
-            chunk, row.todo = row.todo[:budget], row.todo[budget:]
+        """Run up to ``prefill_chunk`` prompt tokens of the waiting rows, oldest first, in one forward (a row per
+        request, chosen by :func:`plan_prefill`)."""
+        for row in [r for r in self._rows.values() if r.todo and r.job.cancelled]:
+            self._finish(row)
+        waiting = sorted((r for r in self._rows.values() if r.todo), key=lambda r: r.seq)
+        if not waiting:
+            return
+        chosen, width = plan_prefill([len(r.todo) for r in waiting], self.prefill_chunk)
+        batch = []
+        for row in (waiting[i] for i in chosen):
+            chunk, row.todo = row.todo[:width], row.todo[width:]
             batch.append((row, chunk))
-            budget -= len(chunk)
-        if batch:
-            self._run_prefill(batch)
+        self._run_prefill(batch)
+
+    def _compact(self) -> None:
+        """Move the highest rows down into free slots, so the n running rows hold slots 0..n-1 (a decode step
+        runs every slot up to the highest; a move copies the row's filled columns, exactly)."""
+        holes = [s for s in range(len(self._rows)) if s not in self._rows]
+        for hole in holes:
+            top = max(self._rows)
+            row = self._rows.pop(top)
+            self.runner.move(top, hole, row.length)
+            row.slot = hole
+            self._rows[hole] = row
 
     def _run_prefill(self, batch: list[tuple[_Row, list[int]]]) -> None:
         """One forward for the rows' chunks; if it raises, each row alone again, so a failure fails only its own
@@ -268,7 +306,8 @@ class Scheduler:
 
 
 def make_engine(predictor: MultiTaskPredictor, max_num_seqs: int, max_model_len: int | None, max_queue: int,
-                metrics: Metrics | None = None, compile: bool = False, prefix_cache_bytes: int = 64 * 2**20):
+                metrics: Metrics | None = None, compile: bool = False, prefix_cache_bytes: int = 64 * 2**20,
+                prefill_chunk: int = 512):
     """A :class:`Scheduler` over a fresh slot pool; for a model the slot path does not fit (checked by
     :meth:`SlotRunner.probe`), the batch-at-a-time :class:`~softprompt.serve.batcher.Batcher`, with a warning."""
     from softprompt.serve.batcher import Batcher
@@ -287,4 +326,4 @@ def make_engine(predictor: MultiTaskPredictor, max_num_seqs: int, max_model_len:
     if compile:
         runner.compile()
     log.info("KV cache: %d slots x %d tokens, %.0f MiB", max_num_seqs, length, runner.pool.nbytes / 2**20)
-    return Scheduler(predictor, runner, max_queue, metrics=metrics, prefix_cache_bytes=prefix_cache_bytes)
+    return Scheduler(predictor, runner, max_queue, prefill_chunk, metrics, prefix_cache_bytes)
