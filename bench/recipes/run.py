@@ -57,14 +57,29 @@ def lora(ds: str, lr: float = 1e-3, sched: str = "constant", batch: int = 16, ra
 
 
 def pt(ds: str, lr: float, sched: str = "constant", length: int = 20, init: str = "text",
-       batch: int = 8) -> tuple[str, dict]:
-    """A prompt-tuning recipe (``init`` label: the data's label words, then the instruction text)."""
-    name = f"pt-{ds}-lr{lr:g}-{sched}-L{length}-{init}-b{batch}"
+       batch: int = 8, reparam: str = "none") -> tuple[str, dict]:
+    """A prompt-tuning recipe (``init`` label: the data's label words, then the instruction text; ``reparam``
+    residual: Razdaibiedina et al.'s MLP with a skip connection while training)."""
+    name = f"pt-{ds}-lr{lr:g}-{sched}-L{length}-{init}-b{batch}" + ("" if reparam == "none" else f"-{reparam}")
     flags = ["--finetuning_type", "prompt_tuning", "--num_virtual_tokens", str(length),
              "--prompt_tuning_init", init, "--learning_rate", f"{lr:g}", "--lr_scheduler_type", sched,
              "--per_device_train_batch_size", str(batch)]
     if init in ("text", "label"):
         flags += ["--prompt_tuning_init_text", INSTRUCTION[ds]]
+    if reparam != "none":
+        flags += ["--prompt_tuning_reparam", reparam]
+    return name, {"dataset": ds, "flags": flags}
+
+
+def prefix(ds: str, lr: float, sched: str = "constant", length: int = 20, batch: int = 8,
+           projection: bool = False) -> tuple[str, dict]:
+    """A prefix-tuning recipe: trained K/V of ``length`` virtual tokens at every layer (Li & Liang, 2021;
+    P-Tuning v2's deep prompts), directly or through the 2-layer MLP (``projection``)."""
+    name = f"prefix-{ds}-lr{lr:g}-{sched}-L{length}-b{batch}" + ("-proj" if projection else "")
+    flags = ["--finetuning_type", "prefix_tuning", "--num_virtual_tokens", str(length), "--learning_rate", f"{lr:g}",
+             "--lr_scheduler_type", sched, "--per_device_train_batch_size", str(batch)]
+    if projection:
+        flags += ["--prefix_projection", "true"]
     return name, {"dataset": ds, "flags": flags}
 
 
@@ -86,6 +101,12 @@ def recipes() -> dict[str, dict]:
                 pt(ds, 3e-2, "cosine", batch=16)]
         # label-word init (Lester et al.), added with prompt_tuning_init label
         out += [pt(ds, 3e-2, "cosine", init="label"), pt(ds, 1e-1, init="label")]
+        # around the label-init choice (lr 1e-1 constant): a larger rate, more updates, a longer prompt, residual
+        out += [pt(ds, 3e-1, init="label"), pt(ds, 1e-1, init="label", batch=4),
+                pt(ds, 1e-1, init="label", length=50), pt(ds, 1e-1, init="label", reparam="residual")]
+        # deep prompts: the prefix-tuning method (K/V at every layer), the other prompt method with the capacity
+        out += [prefix(ds, 1e-2), prefix(ds, 3e-2), prefix(ds, 1e-2, batch=4), prefix(ds, 1e-3, projection=True)]
+        out += [prefix(ds, 1e-1), prefix(ds, 3e-2, batch=4), prefix(ds, 3e-2, length=50)]  # after 3e-2 beat 1e-2
     return dict(out)  # later duplicates keep their first position
 
 
@@ -142,9 +163,14 @@ def load_results() -> dict:
     return json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"runs": {}, "sessions": []}
 
 
-def save_results(results: dict) -> None:
+def save_results(results: dict, name: str | None = None) -> None:
+    """Write the results file; with ``name``, only that run's entry is taken from ``results`` and merged into
+    the file as it is now (two sweeps may run at once, each on its own recipes)."""
+    if name is not None:
+        entry, results = results["runs"][name], load_results()
+        results["runs"][name] = entry
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".json.tmp")
+    tmp = RESULTS.with_suffix(f".json.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(results, indent=2) + "\n")
     tmp.replace(RESULTS)
     from report import write_report  # bench/recipes/report.py, beside this file
@@ -158,7 +184,7 @@ def run_one(results: dict, name: str, recipe: dict, splits: list[str], force: bo
         print(f"[{name}] training ...", flush=True)
         entry["train"] = train(name, recipe)
         entry["eval"] = {}  # a new adapter: old scores no longer apply
-        save_results(results)
+        save_results(results, name)
         t = entry["train"]
         print(f"[{name}] trained: {t['updates']} updates, loss {t['final_loss']}, "
               f"{t['wall_s']} s wall, {t['cpu_s']} s CPU", flush=True)
@@ -167,7 +193,7 @@ def run_one(results: dict, name: str, recipe: dict, splits: list[str], force: bo
             continue
         print(f"[{name}] scoring on {recipe['dataset']}_{split} ...", flush=True)
         entry["eval"][split] = evaluate(name, recipe, split)
-        save_results(results)
+        save_results(results, name)
         e = entry["eval"][split]
         print(f"[{name}] {split}: accuracy {e.get('accuracy')} macro-F1 {e.get('macro_f1')} "
               f"({e['wall_s']} s)", flush=True)
@@ -199,10 +225,13 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"run: --recipes: unknown recipe {unknown[0]!r} (see --list)")
         return 2
-    results["sessions"].append({"started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                                "command": shlex.join(["python", "bench/recipes/run.py", *(argv or sys.argv[1:])]),
-                                "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "note": args.note,
-                                "load_at_start": round(os.getloadavg()[0], 2)})
+    session = {"started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+               "command": shlex.join(["python", "bench/recipes/run.py", *(argv or sys.argv[1:])]),
+               "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "note": args.note,
+               "load_at_start": round(os.getloadavg()[0], 2)}
+    results = load_results()
+    results["sessions"].append(session)
+    save_results(results)
     for name in names:
         run_one(results, name, table[name], [s for s in args.splits.split(",") if s], args.force)
     return 0

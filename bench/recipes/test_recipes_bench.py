@@ -73,3 +73,16 @@ def test_report_ranks_by_accuracy(tmp_path: Path) -> None:
     report.write_report({"runs": runs, "sessions": []}, tmp_path / "r.md")
     text = (tmp_path / "r.md").read_text()
     assert "SST-2, select split" in text and text.index("| b | 90.00") < text.index("| a | 50.00")
+
+
+def test_two_sweeps_saving_at_once_keep_each_others_runs(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(run, "RESULTS", tmp_path / "recipes.json")
+    monkeypatch.setattr(run, "REPORT", tmp_path / "recipes.md")
+    entry = {"dataset": "sst2", "flags": [], "eval": {"select": {"accuracy": 80.0, "macro_f1": 80.0, "examples": 3}},
+             "train": {"updates": 1, "wall_s": 1.0, "cpu_s": 1.0}}
+    first, second = run.load_results(), run.load_results()  # both loaded the file before either saved
+    first["runs"]["a"] = entry
+    run.save_results(first, "a")
+    second["runs"]["b"] = dict(entry)
+    run.save_results(second, "b")
+    assert set(run.load_results()["runs"]) == {"a", "b"}
