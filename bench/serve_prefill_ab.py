@@ -24,10 +24,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import serve_throughput as st  # noqa: E402
 
-from softprompt.engine.generate import SamplingParams  # noqa: E402
 from softprompt.engine.slots import SlotRunner  # noqa: E402
 from softprompt.model import load_model  # noqa: E402
-from softprompt.multitask import MultiTaskPredictor, Request  # noqa: E402
+from softprompt.multitask import MultiTaskPredictor  # noqa: E402
 from softprompt.serve.scheduler import Scheduler  # noqa: E402
 
 
@@ -58,10 +57,7 @@ def main() -> None:
         lm = load_model(args.model_name_or_path)
         names = st.make_tasks(lm, Path(tmp), [20, 100] * 4)
         mt = MultiTaskPredictor(lm, tmp)
-        texts, _ = st.questions(64)
-        reqs = [Request(names[i % 8], mt.chat_ids([{"role": "user", "content": texts[i]}]), SamplingParams(32))
-                for i in range(64)]
-        need = max(len(r.prompt_ids) for r in reqs) + 100 + 32
+        reqs, _, need = st.burst(mt, names, 64, 32)
         engines = {"one per forward": OneAtATime(mt, SlotRunner(lm.model, 64, need), 128),
                    "several per forward": Scheduler(mt, SlotRunner(lm.model, 64, need), 128)}
         outs, secs, cpu = {}, {k: [] for k in engines}, {k: [] for k in engines}

@@ -84,6 +84,16 @@ def questions(n: int) -> tuple[list[str], str]:
     return [QUESTIONS[i % len(QUESTIONS)] for i in range(n)], "built-in questions"
 
 
+def burst(mt: MultiTaskPredictor, names: list[str], n: int, max_new: int,
+          virtual: int = 100) -> tuple[list[Request], str, int]:
+    """The workload: ``n`` chat requests spread over the tasks ``names``; also where the questions came from and
+    the slot length they need (the longest prompt + the longest soft prompt, ``virtual``, + ``max_new``)."""
+    texts, source = questions(n)
+    requests = [Request(names[i % len(names)], mt.chat_ids([{"role": "user", "content": texts[i]}]),
+                        SamplingParams(max_new)) for i in range(n)]
+    return requests, source, max(len(r.prompt_ids) for r in requests) + virtual + max_new
+
+
 def run_scheduler(engine: Scheduler, requests: list[Request], arrivals: list[float] | None = None) -> dict:
     """Submit ``requests`` (all at once, or at ``arrivals`` seconds); seconds, outputs and time to first token."""
     first: dict[int, float] = {}
@@ -180,10 +190,7 @@ def one_round(rnd: int, args, engine, peft_model, lm, requests, record: dict) ->
 
 def measure(args, lm, folder: Path, names: list[str]) -> dict:
     mt = MultiTaskPredictor(lm, str(folder))
-    texts, source = questions(args.requests)
-    requests = [Request(names[i % len(names)], mt.chat_ids([{"role": "user", "content": texts[i]}]),
-                        SamplingParams(args.max_new_tokens)) for i in range(args.requests)]
-    need = max(len(r.prompt_ids) for r in requests) + max(args.lengths) + args.max_new_tokens
+    requests, source, need = burst(mt, names, args.requests, args.max_new_tokens, max(args.lengths))
     runner = SlotRunner(lm.model, args.max_num_seqs, need)
     engine = Scheduler(mt, runner, max_queue=args.requests * 2, prefill_chunk=args.max_num_batched_tokens)
     engine.start()

@@ -44,6 +44,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp())
     names = st.make_tasks(lm, folder, [20, 100] * 4)
     mt = MultiTaskPredictor(lm, str(folder))
+    # built here, not with serve_throughput.burst: with R=<an older checkout> its serve_throughput has no burst
     texts, _ = st.questions(64)
     reqs = [Request(names[i % 8], mt.chat_ids([{"role": "user", "content": texts[i]}]), SamplingParams(32))
             for i in range(64)]

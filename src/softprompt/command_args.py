@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from softprompt.config import ArgumentError, parse_duration, parse_token_count
-from softprompt.defaults import MAX_MESSAGES
+from softprompt.defaults import MAX_MESSAGES, MAX_NUM_BATCHED_TOKENS
 
 
 @dataclass
@@ -192,7 +192,7 @@ class ServeArgs:
     max_model_len: int | None = None
     """Tokens of one slot of the KV cache: soft prompt + prompt + max_tokens of a request must fit (default: the
     model's context, at most 1024; never over the context). KV memory = max_num_seqs x max_model_len x the model's K/V bytes per token."""
-    max_num_batched_tokens: int = 512
+    max_num_batched_tokens: int = MAX_NUM_BATCHED_TOKENS
     """Prompt tokens prefilled per step, the chunks of several requests in one forward (vLLM's name): larger
     runs a burst's prompts in fewer, denser forwards; smaller lets running requests decode sooner."""
     max_batch_size: int = 8

@@ -23,6 +23,9 @@ MAX_MESSAGES = 2048
 """The most messages a chat request may hold, whatever the model's context (checked as the server parses the
 body; its own limit, ``serve.protocol.max_messages_for`` or ``--max_messages``, may be lower)."""
 
+MAX_NUM_BATCHED_TOKENS = 512
+"""Prompt tokens the server prefills per step (``--max_num_batched_tokens``, the scheduler, the app)."""
+
 BASE = "base"
 """The task name (server) or ``--adapter_name_or_path`` entry (eval) that stands for the base model
 alone, with no adapter."""

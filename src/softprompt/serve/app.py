@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException
 
 from softprompt.data import DataError
 from softprompt.data.formats import check_unicode
+from softprompt.defaults import MAX_NUM_BATCHED_TOKENS
 from softprompt.engine.generate import SamplingParams
 from softprompt.files import one_line
 from softprompt.prompts import TaskUnavailableError, UnknownTaskError
@@ -105,7 +106,7 @@ def _note_error(request: Request, exc: ServeError) -> None:
 def create_app(predictor: MultiTaskPredictor, api_key: str | None = None, max_num_seqs: int = 8,
                max_model_len: int | None = None, max_queue: int = 64, max_body_bytes: int = 1 << 20,
                max_messages: int | None = None, metrics: ServeMetrics | None = None, compile: bool = False,
-               prefix_cache_mb: float = 64, max_num_batched_tokens: int = 512) -> FastAPI:
+               prefix_cache_mb: float = 64, max_num_batched_tokens: int = MAX_NUM_BATCHED_TOKENS) -> FastAPI:
     """The app over a :class:`~softprompt.serve.scheduler.Scheduler` (``max_num_seqs`` slots of ``max_model_len``
     tokens; ``metrics.step`` called once per decode step). ``max_messages`` bounds the messages of a chat request
     (None: one per token of the model's context, :func:`~softprompt.serve.protocol.max_messages_for`; never over

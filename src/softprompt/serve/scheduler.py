@@ -30,6 +30,7 @@ from typing import Protocol
 
 import torch
 
+from softprompt.defaults import MAX_NUM_BATCHED_TOKENS
 from softprompt.engine.sampling import sample
 from softprompt.engine.slots import SlotRunner
 from softprompt.multitask import ContextLengthError, MultiTaskPredictor, Request, Result, TextStream
@@ -91,7 +92,7 @@ class Scheduler:
     """The engine behind ``softprompt serve``: submit requests, await their results."""
 
     def __init__(self, predictor: MultiTaskPredictor, runner: SlotRunner, max_queue: int = 64,
-                 prefill_chunk: int = 512, metrics: Metrics | None = None, prefix_cache_bytes: int = 64 * 2**20):
+                 prefill_chunk: int = MAX_NUM_BATCHED_TOKENS, metrics: Metrics | None = None, prefix_cache_bytes: int = 64 * 2**20):
         self.predictor, self.runner, self.metrics = predictor, runner, metrics
         self.prefill_chunk = prefill_chunk
         self.max_model_len = runner.max_model_len
@@ -307,7 +308,7 @@ class Scheduler:
 
 def make_engine(predictor: MultiTaskPredictor, max_num_seqs: int, max_model_len: int | None, max_queue: int,
                 metrics: Metrics | None = None, compile: bool = False, prefix_cache_bytes: int = 64 * 2**20,
-                prefill_chunk: int = 512):
+                prefill_chunk: int = MAX_NUM_BATCHED_TOKENS):
     """A :class:`Scheduler` over a fresh slot pool; for a model the slot path does not fit (checked by
     :meth:`SlotRunner.probe`), the batch-at-a-time :class:`~softprompt.serve.batcher.Batcher`, with a warning."""
     from softprompt.serve.batcher import Batcher
